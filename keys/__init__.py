@@ -1,0 +1,1 @@
+"""Key management and signed records (JWS) for mrx nodes."""

@@ -1,0 +1,1 @@
+"""The mrx node: HTTP service, storage, ingest and the `mrx` command."""

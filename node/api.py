@@ -1,0 +1,334 @@
+"""The node's HTTP API: routes, their handlers, and the problem middleware.
+
+Handlers are thin: read and bound the body (`mrx.node.body`), authenticate
+(`mrx.node.access`), call ingest or the store, and render JSON. Every error
+leaves as an RFC 9457 problem (`mrx.node.problems`), whether raised here,
+in ingest, or by aiohttp itself (unknown route, wrong method).
+
+``openapi.py`` describes exactly these routes; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from aiohttp import web
+
+from mrx.keys.jws import JwsError, max_compact_bytes
+from mrx.keys.keyring import KeyStore
+from mrx.schemas import identifiers
+from mrx.schemas.xml import XmlError
+
+from . import openapi
+from .access import Access
+from .body import parse_json, read_body
+from .config import NodeConfig
+from .ingest import EventResult, Ingest
+from .inputs import SEAL_ID, TOKEN
+from .metrics import NodeMetrics
+from .problems import PROBLEM_MEDIA_TYPE, Problem
+from .records import RecordError, own_keys, verify_record
+from .storage import InvalidCursor, Store, TimelineEntry, TimelineKey
+
+log = logging.getLogger(__name__)
+
+JWS_MEDIA_TYPE = "application/jose"
+API_VERSION = "1"
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode(),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def problem_response(problem: Problem, instance: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=json.dumps(problem.body(instance), ensure_ascii=False).encode(),
+        status=problem.status,
+        content_type=PROBLEM_MEDIA_TYPE,
+        headers=headers,
+    )
+
+
+_AIOHTTP_PROBLEMS = {
+    404: ("not-found", "there is no such resource; see /openapi.json for the API"),
+    405: ("method-not-allowed", "this resource does not take that method; see /openapi.json"),
+    413: ("body-too-large", "the body is larger than this node accepts"),
+}
+
+
+def problem_middleware(metrics: NodeMetrics) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+        started = time.perf_counter()
+        try:
+            response = await handler(request)
+        except Problem as problem:
+            response = problem_response(problem, request.path)
+        except web.HTTPException as exc:  # aiohttp's own: unknown route, wrong method
+            fallback = ("invalid-parameter", exc.reason) if exc.status < 500 else ("internal-error", exc.reason)
+            code, detail = _AIOHTTP_PROBLEMS.get(exc.status, fallback)
+            kept = {name: exc.headers[name] for name in ("Allow",) if name in exc.headers}  # RFC 9110 needs it on 405
+            response = problem_response(Problem(code, detail), request.path, kept)
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            response = problem_response(
+                Problem("internal-error", "the node failed on this request; it has been logged, try again"),
+                request.path,
+            )
+        route = request.match_info.route.resource
+        name = route.canonical if route is not None else "unmatched"
+        metrics.requests.labels(name, request.method, str(response.status)).observe(time.perf_counter() - started)
+        return response
+
+    return middleware
+
+
+@dataclass(slots=True)
+class NodeApi:
+    config: NodeConfig
+    store: Store
+    ingest: Ingest
+    access: Access
+    keystore: KeyStore
+    metrics: NodeMetrics
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/v1/seal-events", self.post_seal_events),
+            web.post("/v1/control-results", self.post_control_result),
+            web.post("/v1/verify", self.post_verify_record),
+            web.get("/v1/records/{message_id}", self.get_record),
+            web.get("/v1/containers/{container}/events", self.get_container_events),
+            web.get("/v1/seals/{seal_id}/events", self.get_seal_events),
+            web.get("/v1/locks/{lock_id}/events", self.get_lock_events),
+            web.get("/.well-known/jwks.json", self.get_jwks),
+            web.get("/.well-known/mrx", self.get_discovery),
+            web.get("/healthz", self.get_healthz),
+            web.get("/readyz", self.get_readyz),
+            web.get("/metrics", self.get_metrics),
+            web.get("/openapi.json", self.get_openapi),
+        ]
+
+    # -- writes -------------------------------------------------------------
+
+    async def _json_body(self, request: web.Request) -> Any:
+        media = request.content_type
+        if media != "application/json":
+            raise Problem("unsupported-media-type", f"send the body as application/json, not {media!r}")
+        return parse_json(await read_body(request, self.config.limits.max_body_bytes))
+
+    async def post_seal_events(self, request: web.Request) -> web.Response:
+        gateway = await self.access.authenticate(request.headers.get("Authorization"), "gateway")
+        data = await self._json_body(request)
+        if isinstance(data, dict) and "events" in data:
+            events = data["events"]
+            if set(data) != {"events"} or not isinstance(events, list) or not events:
+                raise Problem(
+                    "validation-failed", 'a batch is {"events": [event, ...]} with at least one event and nothing else'
+                )
+            limit = self.config.limits.max_batch_events
+            if len(events) > limit:
+                raise Problem("batch-too-large", f"the batch has {len(events)} events; send at most {limit} per request")
+            results = await self.ingest.seal_events(gateway, events, "/events")
+            counts = {s: sum(1 for r in results if r.status == s) for s in ("accepted", "duplicate", "rejected")}
+            return json_response({**counts, "results": [_event_json(r, request.path) for r in results]})
+        if not isinstance(data, dict):
+            raise Problem("validation-failed", 'send one event as a JSON object, or a batch as {"events": [...]}')
+        (result,) = await self.ingest.seal_events(gateway, [data])
+        if result.problem is not None:
+            raise result.problem
+        return json_response(_event_json(result, request.path), status=201 if result.status == "accepted" else 200)
+
+    async def post_control_result(self, request: web.Request) -> web.Response:
+        await self.access.authenticate(request.headers.get("Authorization"), "national")
+        data = await self._json_body(request)
+        receipt = await self.ingest.control_result(data)
+        return json_response(
+            {
+                "control_id": receipt.control_id,
+                "status": receipt.status,
+                "message_id": str(receipt.message_id),
+                "record": f"/v1/records/{receipt.message_id}",
+            },
+            status=201 if receipt.status == "accepted" else 200,
+        )
+
+    async def post_verify_record(self, request: web.Request) -> web.Response:
+        """Verify a record against this node's keys: the full check a partner makes."""
+        await self.access.authenticate(request.headers.get("Authorization"), "national", "auditor")
+        if request.content_type != JWS_MEDIA_TYPE:
+            raise Problem("unsupported-media-type", f"send the record as {JWS_MEDIA_TYPE} (the compact JWS)")
+        max_xml = self.config.limits.max_xml_bytes
+        token = (await read_body(request, max_compact_bytes(max_xml))).strip()
+        self.keystore.reload()
+        try:
+            verified = verify_record(token, own_keys(self.config.node_id, self.keystore.keyring()), max_xml_bytes=max_xml)
+        except (JwsError, XmlError, RecordError) as exc:
+            raise Problem(str(exc.code), exc.detail) from None
+        record = verified.record
+        stored = await self.store.record(record.message_id)
+        return json_response(
+            {
+                "valid": True,
+                "message_id": str(record.message_id),
+                "message_type": record.message_type,
+                "sender": record.sender,
+                "recipients": list(record.recipients),
+                "prepared_at": _iso(record.prepared_at),
+                "kid": record.kid,
+                "key_status": verified.key.key.status,
+                "held_by_this_node": stored is not None and stored.jws == record.jws,
+            }
+        )
+
+    # -- reads --------------------------------------------------------------
+
+    async def get_record(self, request: web.Request) -> web.Response:
+        await self.access.authenticate(request.headers.get("Authorization"), "national", "auditor")
+        raw = request.match_info["message_id"]
+        try:
+            message_id = UUID(raw)
+        except ValueError:
+            raise Problem("invalid-parameter", f"{raw[:64]!r} is not a message ID (a UUID)") from None
+        record = await self.store.record(message_id)
+        if record is None:
+            raise Problem("not-found", f"this node holds no record {message_id}")
+        return web.Response(
+            body=record.jws,
+            content_type=JWS_MEDIA_TYPE,
+            headers={
+                "Mrx-Message-Type": record.message_type,
+                "Mrx-Sender": record.sender,
+                "Digest": "sha-256=" + record.digest.hex(),
+                "Cache-Control": "private, max-age=31536000, immutable",
+            },
+        )
+
+    async def _timeline(self, request: web.Request, key: TimelineKey, value: str) -> dict[str, Any]:
+        await self.access.authenticate(request.headers.get("Authorization"), "national", "auditor")
+        limit = _int_param(request, "limit", self.config.limits.page_size, 1, 1000)
+        cursor = request.query.get("cursor")
+        try:
+            page = await self.store.timeline(key, value, cursor, limit)
+        except InvalidCursor as exc:
+            raise Problem("invalid-parameter", f"{exc}; start again without a cursor") from None
+        next_link = None
+        if page.next_cursor is not None:
+            next_link = f"{request.path}?limit={limit}&cursor={page.next_cursor}"
+        return {key.value: value, "events": [_entry_json(e) for e in page.items], "next": next_link}
+
+    async def get_container_events(self, request: web.Request) -> web.Response:
+        container = request.match_info["container"]
+        _check_param(identifiers.check_container(container))
+        return json_response(await self._timeline(request, TimelineKey.CONTAINER, container))
+
+    async def get_seal_events(self, request: web.Request) -> web.Response:
+        seal_id = request.match_info["seal_id"]
+        _check_param(None if SEAL_ID.fullmatch(seal_id) else f"{seal_id[:40]!r} is not a seal ID ({SEAL_ID.pattern})")
+        return json_response(await self._timeline(request, TimelineKey.SEAL, seal_id))
+
+    async def get_lock_events(self, request: web.Request) -> web.Response:
+        lock_id = request.match_info["lock_id"]
+        _check_param(None if TOKEN.fullmatch(lock_id) else f"{lock_id[:40]!r} is not a lock ID ({TOKEN.pattern})")
+        body = await self._timeline(request, TimelineKey.LOCK, lock_id)
+        gaps = await self.store.sequence_gaps(lock_id)
+        body["gaps"] = [{"first_missing": g.first_missing, "last_missing": g.last_missing} for g in gaps]
+        return json_response(body)
+
+    async def get_jwks(self, request: web.Request) -> web.Response:
+        self.keystore.reload()  # a rotation or revocation made with `mrx keys` while the node runs
+        return json_response(self.keystore.jwks(), headers={"Cache-Control": "public, max-age=60"})
+
+    async def get_discovery(self, request: web.Request) -> web.Response:
+        return json_response(
+            {
+                "node_id": self.config.node_id,
+                "office": self.config.office,
+                "api_version": API_VERSION,
+                "jwks_uri": "/.well-known/jwks.json",
+                "openapi_uri": "/openapi.json",
+                "message_namespace": "urn:mrx:datamodel:MRX:1",
+            }
+        )
+
+    async def get_healthz(self, request: web.Request) -> web.Response:
+        return json_response({"status": "ok"})
+
+    async def get_readyz(self, request: web.Request) -> web.Response:
+        try:
+            await self.store.ping()
+        except Exception as exc:
+            raise Problem("unavailable", f"the database is not ready ({exc}); see the node's log") from None
+        return json_response({"status": "ready", "node_id": self.config.node_id})
+
+    async def get_metrics(self, request: web.Request) -> web.Response:
+        body, content_type = self.metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def get_openapi(self, request: web.Request) -> web.Response:
+        return json_response(openapi.document())
+
+
+def _event_json(result: EventResult, path: str) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "index": result.index,
+        "event_id": str(result.event_id) if result.event_id else None,
+        "status": result.status,
+    }
+    if result.message_id is not None:
+        out["message_id"] = str(result.message_id)
+        out["record"] = f"/v1/records/{result.message_id}"
+        out["order"] = result.order.value if result.order else None
+    if result.problem is not None:
+        out["problem"] = result.problem.body(path)
+    return out
+
+
+def _entry_json(e: TimelineEntry) -> dict[str, Any]:
+    location: dict[str, Any] | None = None
+    if e.locode or e.latitude:
+        location = {"locode": e.locode, "lat": e.latitude, "lon": e.longitude}
+    return {
+        "event_id": str(e.event_id),
+        "message_id": str(e.message_id),
+        "type": e.event_type,
+        "lock_id": e.lock_id,
+        "seal_id": e.seal_id,
+        "container": e.container,
+        "seq": e.lock_sequence,
+        "order": e.order.value,
+        "device_time": _iso(e.device_time),
+        "receipt_time": _iso(e.receipt_time),
+        "location": location,
+        "condition": e.condition,
+        "gateway_id": e.gateway_id,
+    }
+
+
+def _iso(value: Any) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise Problem("invalid-parameter", f"{name} must be a whole number from {low} to {high}, not {raw[:20]!r}")
+    return int(raw)
+
+
+def _check_param(problem: str | None) -> None:
+    if problem is not None:
+        raise Problem("invalid-parameter", problem)

@@ -1,0 +1,104 @@
+"""Reading request bodies from an untrusted network, in bounded memory.
+
+Every body the node reads goes through `read_body`: the raw bytes are capped
+before they are read, a ``Content-Encoding: gzip`` body (gateways on radio
+links compress) is inflated incrementally with the same cap on its output, so
+a gzip bomb stops at ``limit + 1`` bytes, and corrupt compressed data is a 400,
+not a 500. aiohttp's own automatic decompression is switched off in
+`mrx.node.server` so that this is the only place bodies are decoded.
+
+`parse_json` refuses repeated keys in any object: ``{"seq": 1, "seq": 2}`` is
+ambiguous, and different JSON parsers resolve it differently.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from typing import Any
+
+from aiohttp import web
+
+from .problems import Problem
+
+_READ_CHUNK = 64 * 1024
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, decompressed, at most ``limit`` bytes or a `Problem`."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip"):
+        raise Problem(
+            "unsupported-encoding",
+            f"Content-Encoding {encoding!r} is not supported; send the body uncompressed or as gzip",
+        )
+    if request.content_length is not None and request.content_length > limit:
+        raise Problem("body-too-large", f"the body is {request.content_length} bytes; the limit is {limit}")
+    if encoding == "identity":
+        body = bytearray()
+        while chunk := await request.content.read(_READ_CHUNK):
+            body += chunk
+            if len(body) > limit:
+                raise Problem("body-too-large", f"the body exceeds the limit of {limit} bytes")
+        return bytes(body)
+    inflater = zlib.decompressobj(wbits=31)
+    out = bytearray()
+    received = 0
+    while chunk := await request.content.read(_READ_CHUNK):
+        received += len(chunk)
+        if received > limit:
+            raise Problem("body-too-large", f"the compressed body exceeds the limit of {limit} bytes")
+        _inflate_into(out, inflater, chunk, limit)
+    if not inflater.eof:
+        raise Problem("bad-compression", "the gzip stream ends early; send the complete compressed body")
+    if inflater.unused_data:
+        raise Problem("bad-compression", "there are bytes after the end of the gzip stream; send one gzip member")
+    return bytes(out)
+
+
+def _inflate_into(out: bytearray, inflater: Any, chunk: bytes, limit: int) -> None:
+    try:
+        data = chunk
+        while data:
+            # max_length bounds what one call may produce; the rest of the
+            # input waits in unconsumed_tail.
+            piece = inflater.decompress(data, limit + 1 - len(out))
+            out.extend(piece)
+            if len(out) > limit:
+                raise Problem("body-too-large", f"the body inflates to more than {limit} bytes")
+            data = inflater.unconsumed_tail
+            if inflater.eof:
+                break
+            if not piece and data:  # zlib made no progress: never loop on it
+                raise Problem("bad-compression", "the gzip body cannot be inflated; send it uncompressed")
+    except zlib.error as exc:
+        raise Problem("bad-compression", f"the gzip body is corrupt ({exc}); send it again, uncompressed if need be") from None
+
+
+def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise Problem("duplicate-json-key", f"the key {key!r} appears twice in one object; send it once")
+        obj[key] = value
+    return obj
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse a JSON body strictly: UTF-8, no repeated keys, no NaN/Infinity."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Problem("invalid-json", f"the body is not UTF-8 (byte {exc.start}); send UTF-8 JSON") from None
+    try:
+        return json.loads(text, object_pairs_hook=_no_repeated_keys, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise Problem(
+            "invalid-json", f"the body is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+        ) from None
+    except (ValueError, RecursionError) as exc:  # e.g. an integer with thousands of digits
+        raise Problem("invalid-json", f"the body is not acceptable JSON: {exc}") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise Problem("invalid-json", f"{name} is not a JSON number; send a finite number")

@@ -1,0 +1,212 @@
+"""The ``mrx`` command.
+
+Every subcommand that works on a node takes ``--config FILE`` (default: the
+``MRX_CONFIG`` environment variable, else ``./mrx-data/mrx.toml``). Commands
+that change a node's database (``gateway add``, ``client add``) work whether
+or not the node is running: SQLite in WAL mode lets them write beside it.
+
+Exit codes: 0 success, 1 the operation failed (the message says why),
+2 the command line was wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mrx.keys.keyring import KeyStore, KeyStoreError
+
+from .access import new_credential
+from .config import CONFIG_NAME, DEFAULT_PORT, ConfigError, NodeConfig, load_config, write_new_config
+from .server import configure_logging, default_node_dir, serve
+from .storage.sqlite import SqliteStore
+
+DEFAULT_NODE_ID = "CN-CQI"
+DEFAULT_OFFICE = "CNCQI"
+
+
+class CommandError(Exception):
+    """A failure to report in one sentence, exit code 1."""
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    if args.config:
+        return Path(args.config)
+    if env := os.environ.get("MRX_CONFIG"):
+        return Path(env)
+    return default_node_dir() / CONFIG_NAME
+
+
+def _load(args: argparse.Namespace) -> NodeConfig:
+    return load_config(_config_path(args))
+
+
+def init_node(directory: Path, node_id: str, office: str, port: int) -> NodeConfig:
+    """Create a node: config, key store, database. Refuses an existing node."""
+    if (directory / CONFIG_NAME).exists():
+        raise CommandError(f"{directory / CONFIG_NAME} exists: a node is already initialised there")
+    config_path = write_new_config(directory, node_id, office, port)
+    config = load_config(config_path)
+    KeyStore.create(config.keys_path)
+    config.data_path.mkdir(parents=True, exist_ok=True)
+
+    async def create_database() -> None:
+        store = await SqliteStore.open(config.database_path)
+        await store.close()
+
+    asyncio.run(create_database())
+    return config
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    config = init_node(Path(args.dir), args.node_id, args.office, args.port)
+    key = KeyStore.open(config.keys_path).signing_key
+    print(f"initialised node {config.node_id} ({config.office}) in {Path(args.dir).resolve()}")
+    print(f"  config:  {Path(args.dir).resolve() / CONFIG_NAME}")
+    print(f"  key:     {key.kid} ({key.alg})")
+    print(f"  start:   mrx serve --config {Path(args.dir) / CONFIG_NAME}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    path = _config_path(args)
+    if not args.config and not os.environ.get("MRX_CONFIG") and not path.exists():
+        directory = path.parent
+        print(f"mrx: no node in {directory}; creating a default one ({DEFAULT_NODE_ID}, {DEFAULT_OFFICE})", flush=True)
+        init_node(directory, DEFAULT_NODE_ID, DEFAULT_OFFICE, DEFAULT_PORT)
+    config = load_config(path)
+    if args.port is not None:
+        config = config.model_copy(update={"port": args.port})
+    configure_logging(config.log_level)
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:
+        raise CommandError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    config = _load(args)
+    store = KeyStore.open(config.keys_path)
+    if args.keys_command == "list":
+        for key in store.keys():
+            until = key.valid_to.isoformat() if key.valid_to else "-"
+            revoked = f" revoked {key.revoked_at.isoformat()}" if key.revoked_at else ""
+            print(f"{key.kid}  {key.alg:6} {key.status:8} from {key.valid_from.isoformat()} to {until}{revoked}")
+    elif args.keys_command == "rotate":
+        key = store.rotate(alg=args.alg)
+        print(f"new signing key {key.kid} ({key.alg}); a running node switches to it within seconds")
+    elif args.keys_command == "revoke":
+        key = store.revoke(args.kid)
+        print(f"revoked {key.kid} at {key.revoked_at.isoformat() if key.revoked_at else '?'}")
+    elif args.keys_command == "jwks":
+        print(json.dumps(store.jwks(), indent=2))
+    return 0
+
+
+async def _add_credential(config: NodeConfig, name: str, role: str, patterns: tuple[str, ...]) -> str:
+    credential, token = new_credential(name, role, patterns)
+    store = await SqliteStore.open(config.database_path)
+    try:
+        await store.add_credential(credential)
+    finally:
+        await store.close()
+    return token
+
+
+def cmd_gateway_add(args: argparse.Namespace) -> int:
+    config = _load(args)
+    patterns = tuple(p.strip() for arg in args.locks for p in arg.split(",") if p.strip())
+    token = _credential_or_error(config, args.gateway_id, "gateway", patterns)
+    print(f"gateway {args.gateway_id} may report for locks matching: {', '.join(patterns)}", file=sys.stderr)
+    _print_token(token)
+    return 0
+
+
+def cmd_client_add(args: argparse.Namespace) -> int:
+    config = _load(args)
+    token = _credential_or_error(config, args.name, args.role, ())
+    print(f"{args.role} client {args.name} added", file=sys.stderr)
+    _print_token(token)
+    return 0
+
+
+def _credential_or_error(config: NodeConfig, name: str, role: str, patterns: tuple[str, ...]) -> str:
+    try:
+        return asyncio.run(_add_credential(config, name, role, patterns))
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _print_token(token: str) -> None:
+    # Only the token goes to stdout, so that `GW=$(mrx gateway add ...)` works.
+    print("credential (shown once; the node keeps only its hash):", file=sys.stderr)
+    print(token)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mrx", description="mrx mutual-recognition exchange node")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", help=f"node config file (default: $MRX_CONFIG or ./mrx-data/{CONFIG_NAME})")
+        return p
+
+    p = sub.add_parser("init", help="create a node: config, signing key, database")
+    p.add_argument("--node-id", required=True, help="this node's ID, e.g. CN-AKL")
+    p.add_argument("--office", required=True, help="UN/LOCODE of the customs office, e.g. CNAKL")
+    p.add_argument("--dir", required=True, help="directory to create the node in")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"HTTP port (default {DEFAULT_PORT}; 0: any)")
+    p.set_defaults(func=cmd_init)
+
+    p = with_config(sub.add_parser("serve", help="run the node (a default one in ./mrx-data if none is given)"))
+    p.add_argument("--port", type=int, help="listen on this port instead of the config's (0: any free port)")
+    p.set_defaults(func=cmd_serve)
+
+    keys = sub.add_parser("keys", help="signing keys: list, rotate, revoke, jwks")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    with_config(keys_sub.add_parser("list", help="list keys with their validity and status"))
+    p = with_config(keys_sub.add_parser("rotate", help="make a new signing key; old records still verify"))
+    p.add_argument("--alg", choices=("EdDSA", "ES256"), default="EdDSA")
+    p = with_config(keys_sub.add_parser("revoke", help="revoke a key from now on"))
+    p.add_argument("kid")
+    with_config(keys_sub.add_parser("jwks", help="print the public JWKS"))
+    keys.set_defaults(func=cmd_keys)
+
+    gateway = sub.add_parser("gateway", help="lock gateways")
+    gateway_sub = gateway.add_subparsers(dest="gateway_command", required=True, metavar="ACTION")
+    p = with_config(gateway_sub.add_parser("add", help="add a gateway; prints its credential once"))
+    p.add_argument("gateway_id", metavar="GATEWAY_ID")
+    p.add_argument(
+        "--locks", action="append", required=True, metavar="PATTERN",
+        help="lock IDs it may report for (glob, e.g. 'LK-CQ-*'); repeat or comma-separate",
+    )
+    p.set_defaults(func=cmd_gateway_add)
+
+    client = sub.add_parser("client", help="national-system and auditor clients")
+    client_sub = client.add_subparsers(dest="client_command", required=True, metavar="ACTION")
+    p = with_config(client_sub.add_parser("add", help="add a client; prints its credential once"))
+    p.add_argument("name")
+    p.add_argument("--role", choices=("national", "auditor"), required=True)
+    p.set_defaults(func=cmd_client_add)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CommandError, ConfigError, KeyStoreError) as exc:
+        print(f"mrx: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

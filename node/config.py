@@ -1,0 +1,144 @@
+"""Node configuration: one TOML file, validated strictly.
+
+A node is a directory holding ``mrx.toml``, its key store and its data. Paths
+in the file are relative to the file's directory, so a node directory can be
+moved or restored from backup as a whole. Unknown keys are errors, never
+ignored: a misspelt limit that silently falls back to a default is how a node
+ends up accepting what its operator meant to refuse.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+CONFIG_NAME = "mrx.toml"
+DEFAULT_PORT = 8470
+
+NodeId = Annotated[str, Field(pattern=r"^[A-Z]{2}-[A-Z0-9]{2,16}$")]
+Locode = Annotated[str, Field(pattern=r"^[A-Z]{2}[A-Z2-9]{3}$")]
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says what to change."""
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
+    max_batch_events: int = Field(default=500, ge=1, le=10_000)
+    max_xml_bytes: int = Field(default=262_144, ge=4096, le=16 * 1_048_576)
+    page_size: int = Field(default=100, ge=1, le=1000)
+
+
+class Storage(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    # Group commit: the writer takes whatever is queued, up to this many
+    # operations, into one transaction.
+    max_batch_ops: int = Field(default=2000, ge=1, le=100_000)
+
+
+class NodeConfig(BaseModel):
+    """What ``mrx.toml`` holds. Paths are resolved against ``base_dir``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    node_id: NodeId
+    office: Locode
+    host: str = "127.0.0.1"
+    port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)  # 0: any free port
+    data_dir: str = "data"
+    keys_dir: str = "keys"
+    log_level: str = Field(default="info", pattern=r"^(debug|info|warning|error)$")
+    limits: Limits = Limits()
+    storage: Storage = Storage()
+
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @property
+    def data_path(self) -> Path:
+        return (self.base_dir / self.data_dir).resolve()
+
+    @property
+    def keys_path(self) -> Path:
+        return (self.base_dir / self.keys_dir).resolve()
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_path / "mrx.sqlite3"
+
+
+def load_config(path: Path) -> NodeConfig:
+    """Read and validate a node's config file; raise `ConfigError` with a fix."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"no config file at {path}; create a node with `mrx init`") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    if "base_dir" in data:
+        raise ConfigError(f"{path}: 'base_dir' is not a config key; paths are relative to the file")
+    try:
+        return NodeConfig.model_validate({**data, "base_dir": path.parent.resolve()})
+    except ValidationError as exc:
+        raise ConfigError(f"{path} is not a valid mrx config:\n{_explain(exc)}") from None
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(file)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {where}: unknown key; remove it or check its spelling")
+        else:
+            lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def render_config(node_id: str, office: str, port: int) -> str:
+    """The text of a new node's ``mrx.toml``, commented for its operator."""
+    return f"""\
+# mrx node configuration. Paths are relative to this file.
+# Every key is documented in deploy/ and docs/operations.md; unknown keys are errors.
+
+node_id = "{node_id}"      # this node's ID in message headers (CC-XXX)
+office = "{office}"        # UN/LOCODE of the customs office this node serves
+host = "127.0.0.1"
+port = {port}
+data_dir = "data"          # SQLite database
+keys_dir = "keys"          # signing keys (private keys are mode 0600)
+log_level = "info"
+
+[limits]
+max_body_bytes = 1048576   # largest request body, after decompression
+max_batch_events = 500     # most seal events in one POST
+max_xml_bytes = 262144     # largest XML message accepted
+page_size = 100            # default page of timelines
+
+[storage]
+max_batch_ops = 2000       # most writes grouped into one commit
+"""
+
+
+def write_new_config(directory: Path, node_id: str, office: str, port: int) -> Path:
+    """Write ``mrx.toml`` in ``directory``; refuse to overwrite an existing one."""
+    NodeConfig.model_validate({"node_id": node_id, "office": office, "port": port})
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / CONFIG_NAME
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise ConfigError(f"{path} exists: a node is already initialised in {directory}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(render_config(node_id, office, port))
+    return path

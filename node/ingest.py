@@ -1,0 +1,188 @@
+"""Ingest: outside input in, signed durable records out.
+
+The pipeline for a seal event (the hot path) and for a control result:
+
+1. validate the JSON against the strict edge model (`mrx.node.inputs`);
+2. check the caller's scope (a gateway posts only for its own locks);
+3. turn it into the domain value, stamp the receipt time, encode it as XML
+   (validated against the XSD), sign it (`RecordSigner`);
+4. hand the batch to the store, which deduplicates, orders and commits it;
+5. report one `EventResult` per input event, after the commit.
+
+A batch is all-or-nothing per *event*, not per request: a bad event is
+rejected with its own problem and the good ones around it are kept, because a
+gateway that uploads a lock's stored log after a radio outage must not lose
+a hundred good events to one corrupt one. Steps 1–3 are CPU work on the event
+loop; step 4 is the only I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ValidationError
+
+from mrx.keys.keyring import KeyStoreError
+from mrx.schemas.messages import Body
+from mrx.schemas.xml import XmlError
+
+from .access import Caller
+from .inputs import ControlResultIn, SealEventIn
+from .metrics import NodeMetrics
+from .problems import FieldError, Problem
+from .records import RecordSigner
+from .storage import ControlResultWrite, Order, SealEventWrite, SignedRecord, Store, WriteStatus
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EventResult:
+    """What happened to one submitted event."""
+
+    index: int
+    event_id: UUID | None
+    status: str  # "accepted" | "duplicate" | "rejected"
+    message_id: UUID | None = None
+    order: Order | None = None
+    problem: Problem | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ControlResultReceipt:
+    control_id: str
+    status: str  # "accepted" | "duplicate"
+    message_id: UUID
+
+
+def validate(model: type[BaseModel], data: Any, pointer_prefix: str = "") -> Any:
+    """Validate ``data`` into ``model`` or raise a ``validation-failed`` `Problem`."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_problem(exc, pointer_prefix) from None
+
+
+def validation_problem(exc: ValidationError, pointer_prefix: str = "") -> Problem:
+    errors = tuple(_field_error(err, pointer_prefix) for err in exc.errors(include_url=False))
+    first = errors[0]
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return Problem("validation-failed", f"{first.pointer or '/'}: {first.detail}{more}", errors)
+
+
+def _field_error(err: Any, prefix: str) -> FieldError:
+    pointer = prefix + "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in err["loc"])
+    kind, message = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        detail = "unknown field; remove it (field names are case-sensitive)"
+    elif kind == "missing":
+        detail = "required field is missing"
+    elif kind.endswith("_type") and "strict" not in message:
+        detail = f"{message} (JSON types are strict: 1 is not \"1\")"
+    else:
+        detail = message.removeprefix("Value error, ")
+    return FieldError(pointer, detail)
+
+
+def content_hash(model: BaseModel) -> bytes:
+    """A hash of what the sender said, to tell an honest repeat from a conflict."""
+    return hashlib.sha256(model.model_dump_json().encode()).digest()
+
+
+class Ingest:
+    def __init__(self, store: Store, signer: RecordSigner, office: str, metrics: NodeMetrics) -> None:
+        self._store = store
+        self._signer = signer
+        self._office = office
+        self._metrics = metrics
+
+    async def seal_events(self, gateway: Caller, items: list[Any], pointer_prefix: str = "") -> list[EventResult]:
+        receipt_time = datetime.now(timezone.utc)
+        results: list[EventResult | None] = [None] * len(items)
+        writes: list[SealEventWrite] = []
+        write_index: list[int] = []
+        for index, item in enumerate(items):
+            prefix = f"{pointer_prefix}/{index}" if pointer_prefix else ""
+            try:
+                event_in: SealEventIn = validate(SealEventIn, item, prefix)
+                if not gateway.may_use_lock(event_in.lock_id):
+                    raise Problem(
+                        "lock-out-of-scope",
+                        f"gateway {gateway.name!r} may not report for lock {event_in.lock_id!r}; "
+                        "ask the node operator to add the lock to the gateway's scope",
+                    )
+            except Problem as problem:
+                self._metrics.events_rejected.labels(problem.code).inc()
+                results[index] = EventResult(index, _event_id_of(item), "rejected", problem=problem)
+                continue
+            event = event_in.to_domain(gateway.name, receipt_time)
+            writes.append(SealEventWrite(self._sign(event), event, content_hash(event_in)))
+            write_index.append(index)
+
+        for index, outcome in zip(write_index, await self._store.store_seal_events(writes), strict=True):
+            results[index] = self._event_result(index, outcome)
+        return [r for r in results if r is not None]
+
+    def _sign(self, body: Body) -> SignedRecord:
+        try:
+            return self._signer.sign(body)
+        except KeyStoreError as exc:  # e.g. the active key was revoked: fail closed
+            raise Problem(
+                "unavailable", f"this node cannot sign records now ({exc}); the operator must run `mrx keys rotate`"
+            ) from None
+        except XmlError as exc:
+            # The edge models are meant to admit only what the XSD admits; should
+            # they ever differ, the sender still gets the XSD's reason, not a 500.
+            log.warning("input passed the JSON model but not the XSD: %s", exc)
+            raise Problem(str(exc.code), exc.detail) from None
+
+    def _event_result(self, index: int, outcome: Any) -> EventResult:
+        if outcome.status is WriteStatus.ACCEPTED:
+            self._metrics.events_accepted.labels(outcome.order.value).inc()
+            return EventResult(index, outcome.event_id, "accepted", outcome.message_id, outcome.order)
+        if outcome.status is WriteStatus.DUPLICATE:
+            self._metrics.events_duplicate.inc()
+            return EventResult(index, outcome.event_id, "duplicate", outcome.message_id, outcome.order)
+        if outcome.status is WriteStatus.KEY_CONFLICT:
+            problem = Problem(
+                "event-id-conflict",
+                f"event {outcome.event_id} was already received with different content; "
+                "an event ID names one event: give a new event a new ID",
+            )
+        else:
+            problem = Problem(
+                "sequence-conflict",
+                f"the lock's sequence number is already used by event {outcome.conflicting_event_id}; "
+                "a lock numbers each event once, so check the gateway's event log",
+            )
+        self._metrics.events_rejected.labels(problem.code).inc()
+        return EventResult(index, outcome.event_id, "rejected", problem=problem)
+
+    async def control_result(self, data: Any) -> ControlResultReceipt:
+        result_in: ControlResultIn = validate(ControlResultIn, data)
+        result = result_in.to_domain(self._office)
+        write = ControlResultWrite(self._sign(result), result, content_hash(result_in))
+        outcome = await self._store.store_control_result(write)
+        self._metrics.control_results.labels(outcome.status.value).inc()
+        if outcome.status is WriteStatus.KEY_CONFLICT or outcome.message_id is None:
+            raise Problem(
+                "control-id-conflict",
+                f"control {result.control_id!r} was already received with different content; "
+                "send a correction under a new control ID",
+            )
+        return ControlResultReceipt(result.control_id, outcome.status.value, outcome.message_id)
+
+
+def _event_id_of(item: Any) -> UUID | None:
+    """The event ID of a rejected item, if it has a readable one, for the gateway's bookkeeping."""
+    if isinstance(item, dict) and isinstance(item.get("event_id"), str):
+        try:
+            return UUID(item["event_id"])
+        except ValueError:
+            return None
+    return None

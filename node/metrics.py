@@ -1,0 +1,54 @@
+"""What a node tells Prometheus at ``/metrics``.
+
+Each node has its own registry (tests run several nodes in one process), and
+the names are part of the operator's interface: ``docs/operations.md`` lists
+what to alert on.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class NodeMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.events_accepted = Counter(
+            "mrx_seal_events_accepted", "Seal events stored as signed records, by lock sequence order", ["order"],
+            registry=r,
+        )
+        self.events_rejected = Counter(
+            "mrx_seal_events_rejected", "Seal events rejected, by problem code", ["reason"], registry=r
+        )
+        self.events_duplicate = Counter(
+            "mrx_seal_events_duplicate", "Seal events received again (answered with the first outcome)", registry=r
+        )
+        self.control_results = Counter(
+            "mrx_control_results", "Control results received, by outcome", ["outcome"], registry=r
+        )
+        self.requests = Histogram(
+            "mrx_http_request_duration_seconds", "HTTP request latency", ["route", "method", "status"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.commit_ops = Histogram(
+            "mrx_store_commit_operations", "Operations grouped into one database commit",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000), registry=r,
+        )
+        self.commit_seconds = Histogram(
+            "mrx_store_commit_seconds", "Time to apply and commit one group of writes",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.signing_key_info = Gauge(
+            "mrx_signing_key_info", "The key the node signs with (value 1)", ["kid", "alg"], registry=r
+        )
+
+    def observe_commit(self, operations: int, seconds: float) -> None:
+        self.commit_ops.observe(operations)
+        self.commit_seconds.observe(seconds)
+
+    def exposition(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

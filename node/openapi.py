@@ -1,0 +1,321 @@
+"""The OpenAPI 3.1 description of the node's HTTP API, served at ``/openapi.json``.
+
+Request schemas come from the same pydantic models that validate the input,
+so the document cannot drift from what the server accepts; response schemas
+are written here beside the paths. ``tests/node/test_openapi.py`` checks that
+every route the server has is described and every described route exists.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from .inputs import SEAL_ID, TOKEN, ControlResultIn, SealEventIn
+from .problems import CATALOGUE
+
+_REF = "#/components/schemas/{model}"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _problems(*statuses: int) -> dict[str, Any]:
+    out = {}
+    for status in statuses:
+        codes = sorted(code for code, kind in CATALOGUE.items() if kind.status == status)
+        out[str(status)] = {
+            "description": "Problem (RFC 9457); code one of: " + ", ".join(codes),
+            "content": {"application/problem+json": {"schema": _ref("Problem")}},
+        }
+    return out
+
+
+_BEARER = [{"bearer": []}]
+
+
+def _timeline_path(param: str, pattern: str, description: str, with_gaps: bool = False) -> dict[str, Any]:
+    schema = _ref("LockTimeline") if with_gaps else _ref("Timeline")
+    return {
+        "get": {
+            "summary": description,
+            "security": _BEARER,
+            "parameters": [
+                {"name": param, "in": "path", "required": True, "schema": {"type": "string", "pattern": pattern}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                {
+                    "name": "cursor",
+                    "in": "query",
+                    "description": "opaque: pass the 'next' link of the previous page",
+                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,512}$"},
+                },
+            ],
+            "responses": {"200": _json(schema, "A page of the timeline"), **_problems(400, 401, 403)},
+        }
+    }
+
+
+@cache
+def document() -> dict[str, Any]:
+    schemas: dict[str, Any] = {}
+    for model in (SealEventIn, ControlResultIn):
+        schema = model.model_json_schema(ref_template=_REF)
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    schemas["SealEventBatch"] = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["events"],
+        "properties": {
+            "events": {
+                "type": "array",
+                "minItems": 1,
+                "description": (
+                    "Each item should be a SealEventIn. Items are validated one by one: a bad item is answered "
+                    "with its own problem in `results` and does not stop the good ones, so the envelope "
+                    "accepts any item."
+                ),
+                "items": {},
+            }
+        },
+    }
+    schemas["Problem"] = {
+        "type": "object",
+        "required": ["type", "title", "status", "code", "detail"],
+        "properties": {
+            "type": {"type": "string"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "code": {"type": "string", "enum": sorted(CATALOGUE)},
+            "detail": {"type": "string"},
+            "instance": {"type": "string"},
+            "errors": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["pointer", "detail"],
+                    "properties": {"pointer": {"type": "string"}, "detail": {"type": "string"}},
+                },
+            },
+        },
+    }
+    schemas["EventResult"] = {
+        "type": "object",
+        "required": ["index", "event_id", "status"],
+        "properties": {
+            "index": {"type": "integer"},
+            "event_id": {"type": ["string", "null"], "format": "uuid"},
+            "status": {"type": "string", "enum": ["accepted", "duplicate", "rejected"]},
+            "message_id": {"type": "string", "format": "uuid"},
+            "record": {"type": "string"},
+            "order": {"type": ["string", "null"], "enum": ["first", "next", "gap", "late", None]},
+            "problem": _ref("Problem"),
+        },
+    }
+    schemas["BatchResult"] = {
+        "type": "object",
+        "required": ["accepted", "duplicate", "rejected", "results"],
+        "properties": {
+            "accepted": {"type": "integer"},
+            "duplicate": {"type": "integer"},
+            "rejected": {"type": "integer"},
+            "results": {"type": "array", "items": _ref("EventResult")},
+        },
+    }
+    schemas["ControlResultAccepted"] = {
+        "type": "object",
+        "required": ["control_id", "status", "message_id", "record"],
+        "properties": {
+            "control_id": {"type": "string"},
+            "status": {"type": "string", "enum": ["accepted", "duplicate"]},
+            "message_id": {"type": "string", "format": "uuid"},
+            "record": {"type": "string"},
+        },
+    }
+    schemas["Verification"] = {
+        "type": "object",
+        "required": ["valid", "message_id", "message_type", "sender", "recipients", "prepared_at", "kid",
+                     "key_status", "held_by_this_node"],
+        "properties": {
+            "valid": {"const": True},
+            "message_id": {"type": "string", "format": "uuid"},
+            "message_type": {"type": "string"},
+            "sender": {"type": "string"},
+            "recipients": {"type": "array", "items": {"type": "string"}},
+            "prepared_at": {"type": "string", "format": "date-time"},
+            "kid": {"type": "string"},
+            "key_status": {"type": "string", "enum": ["active", "retired", "revoked"]},
+            "held_by_this_node": {"type": "boolean"},
+        },
+    }
+    entry = {
+        "type": "object",
+        "required": ["event_id", "message_id", "type", "lock_id", "seal_id", "container", "seq", "order",
+                     "device_time", "receipt_time", "location", "condition", "gateway_id"],
+        "properties": {
+            "event_id": {"type": "string", "format": "uuid"},
+            "message_id": {"type": "string", "format": "uuid"},
+            "type": {"type": "string"},
+            "lock_id": {"type": "string"},
+            "seal_id": {"type": "string"},
+            "container": {"type": "string"},
+            "seq": {"type": "integer"},
+            "order": {"type": "string", "enum": ["first", "next", "gap", "late"]},
+            "device_time": {"type": "string", "format": "date-time"},
+            "receipt_time": {"type": "string", "format": "date-time"},
+            "location": {
+                "type": ["object", "null"],
+                "properties": {
+                    "locode": {"type": ["string", "null"]},
+                    "lat": {"type": ["string", "null"]},
+                    "lon": {"type": ["string", "null"]},
+                },
+            },
+            "condition": {"type": "string"},
+            "gateway_id": {"type": "string"},
+        },
+    }
+    schemas["TimelineEntry"] = entry
+    timeline_props = {
+        "events": {"type": "array", "items": _ref("TimelineEntry")},
+        "next": {"type": ["string", "null"]},
+    }
+    schemas["Timeline"] = {"type": "object", "required": ["events", "next"], "properties": timeline_props}
+    schemas["LockTimeline"] = {
+        "type": "object",
+        "required": ["events", "next", "gaps"],
+        "properties": {
+            **timeline_props,
+            "gaps": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["first_missing", "last_missing"],
+                    "properties": {"first_missing": {"type": "integer"}, "last_missing": {"type": "integer"}},
+                },
+            },
+        },
+    }
+
+    paths: dict[str, Any] = {
+        "/v1/seal-events": {
+            "post": {
+                "summary": "Submit one seal event, or a batch, from a lock gateway",
+                "security": _BEARER,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"oneOf": [_ref("SealEventIn"), _ref("SealEventBatch")]}}
+                    },
+                },
+                "responses": {
+                    "200": _json(
+                        {"oneOf": [_ref("EventResult"), _ref("BatchResult")]},
+                        "A batch was processed (per-event results), or a single event was a repeat",
+                    ),
+                    "201": _json(_ref("EventResult"), "The event is stored as a signed record"),
+                    **_problems(400, 401, 403, 409, 413, 415, 422),
+                },
+            }
+        },
+        "/v1/control-results": {
+            "post": {
+                "summary": "Submit an inspection (control) result from the national customs system",
+                "security": _BEARER,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ControlResultIn")}}},
+                "responses": {
+                    "200": _json(_ref("ControlResultAccepted"), "A repeat of a stored result"),
+                    "201": _json(_ref("ControlResultAccepted"), "The result is stored as a signed record"),
+                    **_problems(400, 401, 403, 409, 413, 415, 422),
+                },
+            }
+        },
+        "/v1/verify": {
+            "post": {
+                "summary": "Verify a record (compact JWS) against this node's keys: signature, XSD, key validity",
+                "security": _BEARER,
+                "requestBody": {"required": True, "content": {"application/jose": {"schema": {"type": "string"}}}},
+                "responses": {
+                    "200": _json(_ref("Verification"), "The record is valid"),
+                    **_problems(400, 401, 403, 413, 415, 422),
+                },
+            }
+        },
+        "/v1/records/{message_id}": {
+            "get": {
+                "summary": "A signed record, as the compact JWS that was stored",
+                "security": _BEARER,
+                "parameters": [
+                    {
+                        "name": "message_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "format": "uuid"},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The compact JWS; its payload is the XML message",
+                        "content": {"application/jose": {"schema": {"type": "string"}}},
+                    },
+                    **_problems(400, 401, 403, 404),
+                },
+            }
+        },
+        "/v1/containers/{container}/events": _timeline_path(
+            "container", r"^[A-Z]{3}[UJZ][0-9]{7}$", "Seal events of a container (ISO 6346), by device time"
+        ),
+        "/v1/seals/{seal_id}/events": _timeline_path(
+            "seal_id", f"^{SEAL_ID.pattern}$", "Events of a seal, by lock sequence number"
+        ),
+        "/v1/locks/{lock_id}/events": _timeline_path(
+            "lock_id", f"^{TOKEN.pattern}$", "Events of a lock, by sequence number, with the gaps in its sequence",
+            with_gaps=True,
+        ),
+        "/.well-known/jwks.json": {
+            "get": {
+                "summary": "The node's public signing keys with their validity windows (RFC 7517)",
+                "responses": {"200": _json({"type": "object"}, "JWKS")},
+            }
+        },
+        "/.well-known/mrx": {
+            "get": {
+                "summary": "Discovery: node ID, office, where the keys and this document are",
+                "responses": {"200": _json({"type": "object"}, "Discovery document")},
+            }
+        },
+        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json({"type": "object"}, "Alive")}}},
+        "/readyz": {
+            "get": {
+                "summary": "Readiness: the database answers and the writer runs",
+                "responses": {"200": _json({"type": "object"}, "Ready"), **_problems(503)},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {"200": {"description": "Text exposition", "content": {"text/plain": {}}}},
+            }
+        },
+        "/openapi.json": {
+            "get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")}}
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "mrx node API",
+            "version": "1",
+            "description": "Seal events and control results in; signed records out. Errors are RFC 9457 problems.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }

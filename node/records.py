@@ -1,0 +1,197 @@
+"""Signed records: the one path from a message body to signed bytes, and back.
+
+A record is a message (header + body) encoded by `mrx.schemas.codec` —
+which validates it against its XSD — and signed as a compact JWS whose payload
+is exactly those XML bytes. The JWS bytes are what is stored, logged,
+forwarded and verified; nothing downstream re-serializes the message.
+
+`verify_record` is the one way back: everything a node accepts from outside
+as a record goes through it, and so does ``POST /v1/verify``.
+
+The signer is pure apart from the clock and the UUID source, which a caller
+can pass in, so tests can make known-answer records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from uuid import UUID, uuid4
+
+from mrx.keys.jws import SigningKey, max_compact_bytes, verify_compact
+from mrx.keys.keyring import Keyring, PublicKey
+from mrx.schemas import codec
+from mrx.schemas.messages import Body, Header, Message, message_type_of
+
+from .storage import SignedRecord
+
+
+def media_type(message_type: str) -> str:
+    """The JWS ``typ`` of a record: the media type of the XML message it carries."""
+    return f"vnd.mrx.{message_type}+xml"
+
+
+class RecordSigner:
+    """Makes signed records for one node.
+
+    ``key`` returns the key to sign with now; the node passes its key store's
+    current active key, so that a rotation takes effect at the next record
+    (a record signed after its key's window closed would not verify).
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        key: Callable[[], SigningKey],
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        new_id: Callable[[], UUID] = uuid4,
+    ) -> None:
+        self.node_id = node_id
+        self._key = key
+        self._clock = clock
+        self._new_id = new_id
+
+    def sign(
+        self,
+        body: Body,
+        *,
+        recipients: tuple[str, ...] = (),
+        correlation_id: UUID | None = None,
+    ) -> SignedRecord:
+        message_type = message_type_of(body)
+        header = Header(
+            message_id=self._new_id(),
+            message_type=message_type,
+            sender=self.node_id,
+            recipients=recipients,
+            prepared_at=self._clock(),
+            correlation_id=correlation_id,
+        )
+        xml = codec.encode(Message(header=header, body=body))
+        key = self._key()
+        token = key.sign(xml, media_type(message_type))
+        return SignedRecord(
+            message_id=header.message_id,
+            message_type=message_type,
+            sender=self.node_id,
+            recipients=recipients,
+            prepared_at=header.prepared_at,
+            kid=key.kid,
+            jws=token,
+            digest=hashlib.sha256(token).digest(),
+        )
+
+
+# -- verification --------------------------------------------------------------
+
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+class RecordError(Exception):
+    """A record whose signature is fine but which its signer could not have made."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedKey:
+    """A public key and the node that owns it."""
+
+    owner: str  # node ID
+    key: PublicKey
+
+    @property
+    def alg(self) -> str:
+        return self.key.alg
+
+    @property
+    def jwk(self) -> Mapping[str, Any]:
+        return self.key.jwk
+
+
+def own_keys(node_id: str, keyring: Keyring) -> Callable[[str], TrustedKey | None]:
+    """A key lookup over one node's own keyring."""
+
+    def lookup(kid: str) -> TrustedKey | None:
+        key = keyring.get(kid)
+        return None if key is None else TrustedKey(node_id, key)
+
+    return lookup
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedRecord:
+    message: Message
+    record: SignedRecord
+    key: TrustedKey
+
+
+def verify_record(
+    token: bytes,
+    keys: Callable[[str], TrustedKey | None],
+    *,
+    max_xml_bytes: int,
+    now: datetime | None = None,
+) -> VerifiedRecord:
+    """Verify a record completely, in this order, failing at the first problem:
+
+    1. the JWS is compact, within the profile, its ``kid`` known and its
+       signature valid (`mrx.keys.jws.verify_compact`; ``jws-*`` codes);
+    2. the payload is a valid mrx message (`mrx.schemas.codec.decode`: the
+       hardened parser, the XSD, check digits; ``xml-*``/``identifier-*``);
+    3. ``typ`` names the message's type (``record-type-mismatch``);
+    4. the header's sender owns the signing key (``record-sender-mismatch``);
+    5. the key was valid when the header says the record was prepared:
+       within its window, not revoked by then (``record-key-not-valid``),
+       and that time is not in the future beyond clock skew
+       (``record-from-future``).
+
+    Raises `JwsError`, `XmlError` or `RecordError`; each has ``code`` and ``detail``.
+    """
+    verified = verify_compact(token, keys, max_bytes=max_compact_bytes(max_xml_bytes))
+    message = codec.decode(verified.payload, max_bytes=max_xml_bytes)
+    header = message.header
+    if verified.typ != media_type(header.message_type):
+        raise RecordError(
+            "record-type-mismatch",
+            f"the JWS typ is {verified.typ!r} but the payload is a {header.message_type}; "
+            f"a {header.message_type} record has typ {media_type(header.message_type)!r}",
+        )
+    signer = verified.key
+    if header.sender != signer.owner:
+        raise RecordError(
+            "record-sender-mismatch",
+            f"the message says it is from {header.sender} but it is signed with key {signer.key.kid} "
+            f"of {signer.owner}; a node signs only its own messages",
+        )
+    if not signer.key.valid_at(header.prepared_at):
+        raise RecordError(
+            "record-key-not-valid",
+            f"key {signer.key.kid} ({signer.key.status}) was not valid at {header.prepared_at.isoformat()}, "
+            "when the record says it was prepared; it may have been revoked or retired before then",
+        )
+    now = now or datetime.now(timezone.utc)
+    if header.prepared_at > now + CLOCK_SKEW:
+        raise RecordError(
+            "record-from-future",
+            f"the record says it was prepared at {header.prepared_at.isoformat()}, later than this node's clock "
+            f"allows ({now.isoformat()} + {CLOCK_SKEW}); check the signer's clock",
+        )
+    record = SignedRecord(
+        message_id=header.message_id,
+        message_type=header.message_type,
+        sender=header.sender,
+        recipients=header.recipients,
+        prepared_at=header.prepared_at,
+        kid=signer.key.kid,
+        jws=token,
+        digest=hashlib.sha256(token).digest(),
+    )
+    return VerifiedRecord(message, record, signer)

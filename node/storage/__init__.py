@@ -1,0 +1,172 @@
+"""Storage: the one narrow interface between the node and its database.
+
+The node speaks to storage in domain terms — store these signed seal events,
+this control result, this credential; read this record, that container's
+timeline — and never in SQL. `Store` is the contract; `sqlite.SqliteStore` is
+the embedded default, and a PostgreSQL backend for authorities running several
+node processes will implement the same protocol. Nothing SQLite-specific
+(rowids, ``PRAGMA``, file paths) crosses this boundary: cursors are opaque
+strings, times are aware datetimes, records are exact bytes.
+
+Durability contract, for every backend:
+
+- A write returns only after its transaction has committed durably
+  (SQLite: WAL with ``synchronous=FULL``). Callers acknowledge to the outside
+  world only after that; the HTTP layer never answers before.
+- Writes are idempotent by their natural key (event ID, control ID): a repeat
+  with the same content returns the first outcome and stores nothing; a repeat
+  with different content is a conflict and stores nothing.
+- A seal event's lock sequence number is unique per lock; gaps and late
+  arrivals are recorded in the event's ``order`` and in `SequenceGap`s, never
+  hidden or "fixed".
+- Records are appended in commit order; that order is what the transparency
+  log (see ``docs/architecture.md``) will follow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+from uuid import UUID
+
+from mrx.schemas.messages import ControlResult, SealEvent
+
+
+@dataclass(frozen=True, slots=True)
+class SignedRecord:
+    """A signed message exactly as stored: ``jws`` are the bytes that were signed."""
+
+    message_id: UUID
+    message_type: str
+    sender: str
+    recipients: tuple[str, ...]
+    prepared_at: datetime
+    kid: str
+    jws: bytes
+    digest: bytes  # SHA-256 of jws
+
+
+class Order(StrEnum):
+    """Where an event's lock sequence number fell relative to what was stored."""
+
+    FIRST = "first"  # the first event stored for this lock
+    NEXT = "next"  # exactly one after the highest stored
+    GAP = "gap"  # more than one after: events in between are missing (so far)
+    LATE = "late"  # below the highest stored: a back-fill or a reordering
+
+
+class WriteStatus(StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"  # same key, same content: the first outcome is returned
+    KEY_CONFLICT = "key-conflict"  # same key, different content
+    SEQUENCE_CONFLICT = "sequence-conflict"  # same lock and sequence number, other event
+
+
+@dataclass(frozen=True, slots=True)
+class SealEventWrite:
+    record: SignedRecord
+    event: SealEvent
+    content_hash: bytes  # of the event as submitted, for telling repeats from conflicts
+
+
+@dataclass(frozen=True, slots=True)
+class SealEventOutcome:
+    event_id: UUID
+    status: WriteStatus
+    message_id: UUID | None = None
+    order: Order | None = None
+    conflicting_event_id: UUID | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ControlResultWrite:
+    record: SignedRecord
+    result: ControlResult
+    content_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ControlResultOutcome:
+    control_id: str
+    status: WriteStatus
+    message_id: UUID | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """Who may call the node: a gateway (with its lock scope), the national system, an auditor."""
+
+    name: str
+    role: str  # "gateway" | "national" | "auditor"
+    lock_patterns: tuple[str, ...]  # gateways only: fnmatch patterns of lock IDs
+    secret_hash: bytes
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEntry:
+    """A seal event as a timeline lists it; the full event is in its signed record."""
+
+    event_id: UUID
+    message_id: UUID
+    lock_id: str
+    seal_id: str
+    container: str
+    lock_sequence: int
+    event_type: str
+    device_time: datetime
+    receipt_time: datetime
+    order: Order
+    locode: str | None
+    latitude: str | None  # decimal text, exactly as signed
+    longitude: str | None
+    condition: str
+    gateway_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceGap:
+    lock_id: str
+    first_missing: int
+    last_missing: int
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: tuple[TimelineEntry, ...]
+    next_cursor: str | None
+
+
+class TimelineKey(StrEnum):
+    CONTAINER = "container"
+    SEAL = "seal"
+    LOCK = "lock"
+
+
+class InvalidCursor(ValueError):
+    """A pagination cursor that this store did not issue."""
+
+
+class Store(Protocol):
+    async def store_seal_events(self, writes: list[SealEventWrite]) -> list[SealEventOutcome]: ...
+
+    async def store_control_result(self, write: ControlResultWrite) -> ControlResultOutcome: ...
+
+    async def add_credential(self, credential: Credential) -> None: ...
+
+    async def credential(self, name: str) -> Credential | None: ...
+
+    async def record(self, message_id: UUID) -> SignedRecord | None: ...
+
+    async def seal_event_outcome(self, event_id: UUID) -> SealEventOutcome | None: ...
+
+    async def timeline(self, key: TimelineKey, value: str, cursor: str | None, limit: int) -> Page: ...
+
+    async def sequence_gaps(self, lock_id: str) -> list[SequenceGap]: ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...

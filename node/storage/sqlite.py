@@ -1,0 +1,572 @@
+"""The embedded SQLite backend of `mrx.node.storage.Store`.
+
+Design
+------
+One database file in WAL mode with ``synchronous=FULL``: a commit is on disk
+(WAL fsynced) before it returns, and readers never block the writer.
+
+Writes go through **one writer task** that owns the write connection. Callers
+put an operation on its queue and await a future. The writer takes everything
+queued (up to ``max_batch_ops``), applies it in **one transaction** and
+commits once: group commit. Under load a single fsync covers hundreds of
+events; with one caller it is one event per commit, as it must be. Futures are
+resolved only after the commit returns, so nothing is acknowledged early.
+
+Inside the transaction each kind of operation is applied with a few bulk
+statements (look up existing keys, then ``executemany``), because every
+statement is a hop to aiosqlite's thread. Idempotency and sequence checks run
+in the writer, in queue order, so they are race-free without locks. If a
+transaction fails unexpectedly, each operation of the batch is retried alone,
+so one poisoned write cannot fail its neighbours.
+
+Reads use a second connection; WAL gives them a consistent snapshot.
+Schema versions live in ``PRAGMA user_version``; migrations are the numbered
+``.sql`` files in ``migrations/sqlite`` and run at open, in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import aiosqlite
+
+from . import (
+    ControlResultOutcome,
+    ControlResultWrite,
+    Credential,
+    InvalidCursor,
+    Order,
+    Page,
+    SealEventOutcome,
+    SealEventWrite,
+    SequenceGap,
+    SignedRecord,
+    TimelineEntry,
+    TimelineKey,
+    WriteStatus,
+)
+
+log = logging.getLogger(__name__)
+
+_IN_CHUNK = 500  # host parameters per IN (...) list
+
+
+def _ts(value: datetime) -> str:
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _dt(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _migrations() -> list[tuple[int, str]]:
+    folder = resources.files(__package__).joinpath("migrations", "sqlite")
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+class StoreClosed(RuntimeError):
+    pass
+
+
+@dataclass(slots=True)
+class _Op:
+    kind: str
+    payload: Any
+    future: asyncio.Future[Any] = field(repr=False)
+
+
+class SqliteStore:
+    """`Store` on one SQLite file. Open with `SqliteStore.open`."""
+
+    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection, max_batch_ops: int):
+        self.path = path
+        self._writer_db = writer
+        self._reader_db = reader
+        self._max_batch_ops = max_batch_ops
+        self._queue: asyncio.Queue[_Op | None] = asyncio.Queue()
+        self._writer_task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._appliers: dict[str, Callable[[aiosqlite.Connection, list[Any]], Awaitable[list[Any]]]] = {
+            "seal_events": self._apply_seal_events,
+            "control_result": self._apply_control_results,
+            "credential": self._apply_credentials,
+        }
+        # Observability: the writer's group-commit sizes, read by /metrics.
+        self.on_commit: Callable[[int, float], None] | None = None
+
+    @classmethod
+    async def open(cls, path: Path, *, max_batch_ops: int = 2000) -> SqliteStore:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = await aiosqlite.connect(path, isolation_level=None)
+        reader = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            for db in (writer, reader):
+                await db.execute("PRAGMA busy_timeout = 10000")
+                await db.execute("PRAGMA foreign_keys = ON")
+            await writer.execute("PRAGMA journal_mode = WAL")
+            await writer.execute("PRAGMA synchronous = FULL")
+            await reader.execute("PRAGMA query_only = ON")
+            await cls._migrate(writer)
+        except BaseException:
+            await writer.close()
+            await reader.close()
+            raise
+        store = cls(path, writer, reader, max_batch_ops)
+        store._writer_task = asyncio.get_running_loop().create_task(store._write_loop(), name="mrx-sqlite-writer")
+        return store
+
+    @staticmethod
+    async def _migrate(db: aiosqlite.Connection) -> None:
+        (version,) = await (await db.execute("PRAGMA user_version")).fetchone()  # type: ignore[misc]
+        pending = [(n, sql) for n, sql in _migrations() if n > version]
+        if not pending:
+            return
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            for number, sql in pending:
+                log.info("applying schema migration %04d", number)
+                for statement in _split_sql(sql):
+                    await db.execute(statement)
+                await db.execute(f"PRAGMA user_version = {int(number)}")
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+    # -- the writer ---------------------------------------------------------
+
+    async def _submit(self, kind: str, payload: Any) -> Any:
+        if self._closed:
+            raise StoreClosed("the store is closed")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Op(kind, payload, future))
+        return await future
+
+    async def _write_loop(self) -> None:
+        while True:
+            first = await self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self._max_batch_ops and not self._queue.empty():
+                op = self._queue.get_nowait()
+                if op is None:
+                    stop = True
+                    break
+                batch.append(op)
+            await self._apply_batch(batch)
+            if stop:
+                return
+
+    async def _apply_batch(self, batch: list[_Op]) -> None:
+        started = asyncio.get_running_loop().time()
+        try:
+            results = await self._transaction(batch)
+        except Exception:
+            log.exception("group commit of %d operations failed; retrying each alone", len(batch))
+            for op in batch:
+                try:
+                    (result,) = await self._transaction([op])
+                except Exception as exc:  # the op itself is bad: fail only it
+                    if not op.future.done():
+                        op.future.set_exception(exc)
+                else:
+                    if not op.future.done():
+                        op.future.set_result(result)
+            return
+        if self.on_commit is not None:
+            self.on_commit(len(batch), asyncio.get_running_loop().time() - started)
+        for op, result in zip(batch, results, strict=True):
+            if not op.future.done():
+                op.future.set_result(result)
+
+    async def _transaction(self, batch: list[_Op]) -> list[Any]:
+        db = self._writer_db
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            by_kind: dict[str, list[int]] = {}
+            for index, op in enumerate(batch):
+                by_kind.setdefault(op.kind, []).append(index)
+            results: list[Any] = [None] * len(batch)
+            for kind, indexes in by_kind.items():
+                outcomes = await self._appliers[kind](db, [batch[i].payload for i in indexes])
+                for i, outcome in zip(indexes, outcomes, strict=True):
+                    results[i] = outcome
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+        return results
+
+    # -- writes -------------------------------------------------------------
+
+    async def store_seal_events(self, writes: list[SealEventWrite]) -> list[SealEventOutcome]:
+        if not writes:
+            return []
+        return await self._submit("seal_events", writes)
+
+    async def store_control_result(self, write: ControlResultWrite) -> ControlResultOutcome:
+        return await self._submit("control_result", write)
+
+    async def add_credential(self, credential: Credential) -> None:
+        await self._submit("credential", credential)
+
+    async def _apply_seal_events(
+        self, db: aiosqlite.Connection, payloads: list[list[SealEventWrite]]
+    ) -> list[list[SealEventOutcome]]:
+        writes = [w for payload in payloads for w in payload]
+        existing = {
+            row[0]: row
+            for row in await _select_in(
+                db,
+                "SELECT event_id, content_hash, message_id, order_status FROM seal_events WHERE event_id IN ({})",
+                [str(w.event.event_id) for w in writes],
+            )
+        }
+        locks = sorted({w.event.lock_id for w in writes})
+        high: dict[str, int] = {
+            lock: top
+            for lock, top in await _select_in(
+                db, "SELECT lock_id, MAX(lock_seq) FROM seal_events WHERE lock_id IN ({}) GROUP BY lock_id", locks
+            )
+        }
+        wanted = {(w.event.lock_id, w.event.lock_sequence) for w in writes}
+        taken: dict[tuple[str, int], str] = {}
+        for lock, seq, event_id in await self._sequence_owners(db, wanted):
+            taken[(lock, seq)] = event_id
+
+        outcomes: list[SealEventOutcome] = []
+        accepted: dict[str, tuple[bytes, SealEventOutcome]] = {}
+        record_rows, event_rows, link_rows = [], [], []
+        for w in writes:
+            ev = w.event
+            eid = str(ev.event_id)
+            if eid in accepted or eid in existing:
+                first_hash, first = accepted[eid] if eid in accepted else _outcome_from_row(existing[eid])
+                if first_hash == w.content_hash:
+                    outcomes.append(
+                        SealEventOutcome(ev.event_id, WriteStatus.DUPLICATE, first.message_id, first.order)
+                    )
+                else:
+                    outcomes.append(SealEventOutcome(ev.event_id, WriteStatus.KEY_CONFLICT))
+                continue
+            owner = taken.get((ev.lock_id, ev.lock_sequence))
+            if owner is not None:
+                outcomes.append(
+                    SealEventOutcome(ev.event_id, WriteStatus.SEQUENCE_CONFLICT, conflicting_event_id=UUID(owner))
+                )
+                continue
+            order = _classify(high.get(ev.lock_id), ev.lock_sequence)
+            high[ev.lock_id] = max(high.get(ev.lock_id, ev.lock_sequence), ev.lock_sequence)
+            taken[(ev.lock_id, ev.lock_sequence)] = eid
+            outcome = SealEventOutcome(ev.event_id, WriteStatus.ACCEPTED, w.record.message_id, order)
+            accepted[eid] = (w.content_hash, outcome)
+            outcomes.append(outcome)
+            record_rows.append(_record_row(w.record))
+            position = ev.location.position if ev.location else None
+            event_rows.append(
+                (
+                    eid, w.content_hash, str(w.record.message_id), ev.gateway_id, ev.lock_id, ev.lock_sequence,
+                    ev.seal_id, ev.container, ev.event_type.value, _ts(ev.device_time), _ts(ev.receipt_time),
+                    order.value, ev.location.locode if ev.location else None,
+                    str(position.latitude) if position else None, str(position.longitude) if position else None,
+                    ev.condition.value,
+                )
+            )
+            link_rows.extend((r.type.value, r.id, str(w.record.message_id)) for r in ev.consignment_refs)
+        await _insert_records(db, record_rows)
+        if event_rows:
+            await db.executemany(
+                "INSERT INTO seal_events (event_id, content_hash, message_id, gateway_id, lock_id, lock_seq, seal_id,"
+                " container, event_type, device_time, receipt_time, order_status, locode, latitude, longitude,"
+                " condition) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                event_rows,
+            )
+        await _insert_links(db, link_rows)
+        return _split(outcomes, [len(p) for p in payloads])
+
+    @staticmethod
+    async def _sequence_owners(
+        db: aiosqlite.Connection, wanted: set[tuple[str, int]]
+    ) -> list[tuple[str, int, str]]:
+        found: list[tuple[str, int, str]] = []
+        pairs = sorted(wanted)
+        for start in range(0, len(pairs), _IN_CHUNK):
+            chunk = pairs[start : start + _IN_CHUNK]
+            values = ",".join("(?,?)" for _ in chunk)
+            params = [item for pair in chunk for item in pair]
+            cursor = await db.execute(
+                f"SELECT lock_id, lock_seq, event_id FROM seal_events WHERE (lock_id, lock_seq) IN (VALUES {values})",
+                params,
+            )
+            found.extend(await cursor.fetchall())  # type: ignore[arg-type]
+        return found
+
+    async def _apply_control_results(
+        self, db: aiosqlite.Connection, writes: list[ControlResultWrite]
+    ) -> list[ControlResultOutcome]:
+        existing = {
+            row[0]: (row[1], UUID(row[2]))
+            for row in await _select_in(
+                db,
+                "SELECT control_id, content_hash, message_id FROM control_results WHERE control_id IN ({})",
+                [w.result.control_id for w in writes],
+            )
+        }
+        outcomes: list[ControlResultOutcome] = []
+        record_rows, result_rows, link_rows = [], [], []
+        for w in writes:
+            cr = w.result
+            if cr.control_id in existing:
+                first_hash, first_id = existing[cr.control_id]
+                status = WriteStatus.DUPLICATE if first_hash == w.content_hash else WriteStatus.KEY_CONFLICT
+                outcomes.append(
+                    ControlResultOutcome(cr.control_id, status, first_id if status is WriteStatus.DUPLICATE else None)
+                )
+                continue
+            existing[cr.control_id] = (w.content_hash, w.record.message_id)
+            outcomes.append(ControlResultOutcome(cr.control_id, WriteStatus.ACCEPTED, w.record.message_id))
+            record_rows.append(_record_row(w.record))
+            result_rows.append(
+                (
+                    cr.control_id, w.content_hash, str(w.record.message_id), cr.office, cr.control_type.value,
+                    cr.result.value, _ts(cr.controlled_at),
+                )
+            )
+            link_rows.extend((r.type.value, r.id, str(w.record.message_id)) for r in cr.consignment_refs)
+        await _insert_records(db, record_rows)
+        if result_rows:
+            await db.executemany(
+                "INSERT INTO control_results (control_id, content_hash, message_id, office, control_type,"
+                " result_code, controlled_at) VALUES (?,?,?,?,?,?,?)",
+                result_rows,
+            )
+        await _insert_links(db, link_rows)
+        return outcomes
+
+    async def _apply_credentials(self, db: aiosqlite.Connection, credentials: list[Credential]) -> list[None]:
+        for c in credentials:
+            cursor = await db.execute("SELECT 1 FROM credentials WHERE name = ?", (c.name,))
+            if await cursor.fetchone() is not None:
+                raise ValueError(f"a credential named {c.name!r} exists already")
+        await db.executemany(
+            "INSERT INTO credentials (name, role, lock_patterns, secret_hash, created_at, revoked_at)"
+            " VALUES (?,?,?,?,?,?)",
+            [
+                (
+                    c.name, c.role, "\n".join(c.lock_patterns), c.secret_hash, _ts(c.created_at),
+                    _ts(c.revoked_at) if c.revoked_at else None,
+                )
+                for c in credentials
+            ],
+        )
+        return [None] * len(credentials)
+
+    # -- reads --------------------------------------------------------------
+
+    async def _one(self, sql: str, params: Sequence[Any]) -> Any:
+        cursor = await self._reader_db.execute(sql, params)
+        return await cursor.fetchone()
+
+    async def credential(self, name: str) -> Credential | None:
+        row = await self._one(
+            "SELECT name, role, lock_patterns, secret_hash, created_at, revoked_at FROM credentials WHERE name = ?",
+            (name,),
+        )
+        if row is None:
+            return None
+        return Credential(
+            name=row[0],
+            role=row[1],
+            lock_patterns=tuple(p for p in row[2].split("\n") if p),
+            secret_hash=row[3],
+            created_at=_dt(row[4]),
+            revoked_at=_dt(row[5]) if row[5] else None,
+        )
+
+    async def record(self, message_id: UUID) -> SignedRecord | None:
+        row = await self._one(
+            "SELECT message_id, message_type, sender, recipients, prepared_at, kid, jws, digest FROM records"
+            " WHERE message_id = ?",
+            (str(message_id),),
+        )
+        if row is None:
+            return None
+        return SignedRecord(
+            message_id=UUID(row[0]),
+            message_type=row[1],
+            sender=row[2],
+            recipients=tuple(row[3].split()),
+            prepared_at=_dt(row[4]),
+            kid=row[5],
+            jws=bytes(row[6]),
+            digest=bytes(row[7]),
+        )
+
+    async def seal_event_outcome(self, event_id: UUID) -> SealEventOutcome | None:
+        row = await self._one(
+            "SELECT event_id, content_hash, message_id, order_status FROM seal_events WHERE event_id = ?",
+            (str(event_id),),
+        )
+        return None if row is None else _outcome_from_row(row)[1]
+
+    async def timeline(self, key: TimelineKey, value: str, cursor: str | None, limit: int) -> Page:
+        column, order_by = {
+            TimelineKey.CONTAINER: ("container", ("device_time", "id")),
+            TimelineKey.SEAL: ("seal_id", ("lock_seq", "id")),
+            TimelineKey.LOCK: ("lock_id", ("lock_seq", "id")),
+        }[key]
+        params: list[Any] = [value]
+        where = f"{column} = ?"
+        if cursor is not None:
+            after = _decode_cursor(cursor)
+            where += f" AND ({order_by[0]}, {order_by[1]}) > (?, ?)"
+            params.extend(after)
+        params.append(limit + 1)
+        rows = await (
+            await self._reader_db.execute(
+                "SELECT event_id, message_id, lock_id, seal_id, container, lock_seq, event_type, device_time,"
+                " receipt_time, order_status, locode, latitude, longitude, condition, gateway_id, id"
+                f" FROM seal_events WHERE {where} ORDER BY {order_by[0]}, {order_by[1]} LIMIT ?",
+                params,
+            )
+        ).fetchall()
+        items = [
+            TimelineEntry(
+                event_id=UUID(r[0]), message_id=UUID(r[1]), lock_id=r[2], seal_id=r[3], container=r[4],
+                lock_sequence=r[5], event_type=r[6], device_time=_dt(r[7]), receipt_time=_dt(r[8]),
+                order=Order(r[9]), locode=r[10], latitude=r[11], longitude=r[12], condition=r[13], gateway_id=r[14],
+            )
+            for r in rows[:limit]
+        ]
+        next_cursor = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            sort_value = last[7] if order_by[0] == "device_time" else last[5]
+            next_cursor = _encode_cursor([sort_value, last[15]])
+        return Page(items=tuple(items), next_cursor=next_cursor)
+
+    async def sequence_gaps(self, lock_id: str) -> list[SequenceGap]:
+        rows = await (
+            await self._reader_db.execute(
+                "SELECT lock_seq + 1, next_seq - 1 FROM ("
+                " SELECT lock_seq, LEAD(lock_seq) OVER (ORDER BY lock_seq) AS next_seq"
+                " FROM seal_events WHERE lock_id = ?) WHERE next_seq > lock_seq + 1 ORDER BY lock_seq",
+                (lock_id,),
+            )
+        ).fetchall()
+        return [SequenceGap(lock_id, first, last) for first, last in rows]
+
+    async def ping(self) -> None:
+        if self._closed or self._writer_task is None or self._writer_task.done():
+            raise StoreClosed("the store's writer is not running")
+        await self._one("SELECT 1", ())
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put_nowait(None)
+        if self._writer_task is not None:
+            await self._writer_task
+        await self._writer_db.close()
+        await self._reader_db.close()
+
+
+def _classify(highest: int | None, seq: int) -> Order:
+    if highest is None:
+        return Order.FIRST
+    if seq == highest + 1:
+        return Order.NEXT
+    if seq > highest + 1:
+        return Order.GAP
+    return Order.LATE
+
+
+def _outcome_from_row(row: Sequence[Any]) -> tuple[bytes, SealEventOutcome]:
+    event_id, content_hash, message_id, order = row
+    return bytes(content_hash), SealEventOutcome(UUID(event_id), WriteStatus.DUPLICATE, UUID(message_id), Order(order))
+
+
+def _record_row(r: SignedRecord) -> tuple[Any, ...]:
+    return (
+        str(r.message_id), r.message_type, r.sender, " ".join(r.recipients), _ts(r.prepared_at), r.kid, r.digest,
+        r.jws, _ts(datetime.now(timezone.utc)),
+    )
+
+
+async def _insert_records(db: aiosqlite.Connection, rows: list[tuple[Any, ...]]) -> None:
+    if rows:
+        await db.executemany(
+            "INSERT INTO records (message_id, message_type, sender, recipients, prepared_at, kid, digest, jws,"
+            " stored_at) VALUES (?,?,?,?,?,?,?,?,?)",
+            rows,
+        )
+
+
+async def _insert_links(db: aiosqlite.Connection, rows: list[tuple[str, str, str]]) -> None:
+    if rows:
+        await db.executemany(
+            "INSERT OR IGNORE INTO consignment_links (ref_type, ref_id, message_id) VALUES (?,?,?)", rows
+        )
+
+
+async def _select_in(db: aiosqlite.Connection, sql: str, values: Iterable[Any]) -> list[Any]:
+    values = list(values)
+    rows: list[Any] = []
+    for start in range(0, len(values), _IN_CHUNK):
+        chunk = values[start : start + _IN_CHUNK]
+        cursor = await db.execute(sql.format(",".join("?" * len(chunk))), chunk)
+        rows.extend(await cursor.fetchall())
+    return rows
+
+
+def _split(items: list[Any], sizes: list[int]) -> list[list[Any]]:
+    out, start = [], 0
+    for size in sizes:
+        out.append(items[start : start + size])
+        start += size
+    return out
+
+
+def _encode_cursor(position: list[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(position, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[Any, int]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidCursor(f"cursor {cursor[:40]!r} was not issued by this node") from None
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not isinstance(value[0], (str, int))
+        or isinstance(value[0], bool)
+        or not isinstance(value[1], int)
+        or isinstance(value[1], bool)
+    ):
+        raise InvalidCursor(f"cursor {cursor[:40]!r} was not issued by this node")
+    return value[0], value[1]
+
+
+def _split_sql(script: str) -> list[str]:
+    """Statements of a migration file (no semicolons inside statements, by convention)."""
+    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

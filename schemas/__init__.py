@@ -1,0 +1,1 @@
+"""The mrx message set: XSDs, the XML codec and the identifiers it checks."""
