@@ -103,7 +103,9 @@ Token = Annotated[str, Field(pattern=f"^{TOKEN.pattern}$")]
 SealId = Annotated[str, Field(pattern=f"^{SEAL_ID.pattern}$")]
 HsCode = Annotated[str, Field(pattern=r"^[0-9]{4,10}$")]
 Text = Annotated[str, Field(min_length=1, max_length=512), AfterValidator(_xml_text)]
-Name = Annotated[str, Field(min_length=1, max_length=70, pattern=r"^\S(.*\S)?$"), AfterValidator(_xml_text)]
+Name = Annotated[
+    str, Field(max_length=70, pattern=r"^[^ \t\n\r]([^\n\r]*[^ \t\n\r])?$"), AfterValidator(_xml_text)
+]
 Uuid = Annotated[UUID, Field(strict=False)]
 
 
@@ -115,7 +117,7 @@ class ConsignmentReferenceIn(BaseModel):
     model_config = STRICT
 
     type: _code(ConsignmentReferenceType)
-    id: Annotated[str, Field(min_length=1, max_length=35, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ./-]*$")]
+    id: Annotated[str, Field(max_length=35, pattern=r"^[A-Za-z0-9]([A-Za-z0-9 ./_-]{0,33}[A-Za-z0-9])?$")]
 
     @model_validator(mode="after")
     def _cim_check_digit(self) -> ConsignmentReferenceIn:
@@ -127,6 +129,11 @@ class ConsignmentReferenceIn(BaseModel):
 
     def to_domain(self) -> ConsignmentReference:
         return ConsignmentReference(type=self.type, id=self.id)
+
+
+def _degrees(value: float) -> Decimal:
+    """WGS84 degrees as the XSD carries them: at most 7 decimals (about 1 cm), shortest form."""
+    return Decimal(repr(round(value, 7)))
 
 
 class LocationIn(BaseModel):
@@ -147,8 +154,7 @@ class LocationIn(BaseModel):
     def to_domain(self) -> Location:
         position = None
         if self.lat is not None and self.lon is not None:
-            # repr gives the shortest decimal that round-trips the float.
-            position = GeoPosition(latitude=Decimal(repr(self.lat)), longitude=Decimal(repr(self.lon)))
+            position = GeoPosition(latitude=_degrees(self.lat), longitude=_degrees(self.lon))
         return Location(locode=self.locode, position=position)
 
 

@@ -4,7 +4,9 @@ UN/EDIFACT lists keep their numeric or two-letter codes (4517 seal condition,
 9303 sealing party, 4525 seal type); NCTS control result codes keep theirs
 (A1 ...). mrx's own lists (event types, decision reasons) use lower-case or
 upper-case tokens that read well in XML, JSON and logs alike. Each enum's
-values are exactly the XSD enumeration of the same name in ``xsd/common.xsd``.
+values are exactly the XSD enumeration named after it in ``xsd/common.xsd``
+(``SealConditionCode`` -> ``SealConditionCodeContentType``); a test keeps
+them equal.
 """
 
 from __future__ import annotations

@@ -31,17 +31,31 @@ costs microseconds and never reaches a code path that could expand it:
    nesting depth 256, text nodes 10 MB), XInclude never processed (lxml only
    does it when ``xinclude()`` is called, which mrx never does), IDs not
    collected, comments and processing instructions dropped (they carry no
-   data, and dropping them keeps the codec's tree walk simple). After
-   parsing, a DOCTYPE seen by libxml2 (unreachable past the byte check; kept
-   as a second line) or an element in an XInclude namespace is refused: an
+   data, and dropping them keeps the codec's tree walk simple). These flags
+   alone are not enough: libxml2 2.14 still reads an external DTD subset
+   named by a ``file:`` URL, so the parser also carries a resolver that
+   answers every external load with an empty document. After parsing, a
+   DOCTYPE seen by libxml2 (unreachable past the byte check; kept as the
+   second line) or an element in an XInclude namespace is refused: an
    ``xi:include`` is inert here, but a document carrying one was made to
    attack some other reader, and the XSDs refuse foreign elements anyway.
 
+`parse_own` is the same parser without stage 1 but the size check, for the
+bytes `codec.encode` has just written (it escapes every value, so they can
+hold no DTD, XInclude or foreign encoding); it exists because encode is on
+the hot path of ingest.
+
+`validate` picks the XSD by the root element, which must be one of the five
+message types in namespace ``urn:mrx:datamodel:MRX:1``, and reports the
+first error libxml2 logs: its line, the path of the element (`element_path`)
+and libxml2's sentence without Clark-notation names.
+
 Parsers and compiled schemas hold per-call state (lxml's error log), so each
-thread gets its own, created on first use: compiling one XSD takes about a
+thread gets its own, created on first use: compiling one XSD takes under a
 millisecond. The XSDs ship inside the package (``xsd/``) and are compiled
-from local files with the same hardened parser; they include ``common.xsd``
-by relative path and import nothing, so no schema load touches the network.
+from those files with the same parser options, minus the resolver (so that
+``xs:include`` can load ``common.xsd``); they include nothing else and
+import nothing, so no schema load touches the network.
 
 Error codes (`XmlErrorCode`)
 ----------------------------
@@ -132,9 +146,26 @@ def _new_parser() -> etree.XMLParser:
     )
 
 
+class _NothingExternal(etree.Resolver):
+    """Answer every external load a document asks for (DTD, entity) with nothing.
+
+    libxml2 reads a document's external DTD subset from ``file:`` URLs even
+    with ``load_dtd=False``; this resolver makes such a read impossible.
+    """
+
+    def resolve(self, system_url: str, public_id: str, context: object) -> object:  # type: ignore[override]
+        return self.resolve_string("", context)  # type: ignore[call-arg]  # lxml-stubs lag lxml here
+
+
+def _new_untrusted_parser() -> etree.XMLParser:
+    parser = _new_parser()
+    parser.resolvers.add(_NothingExternal())
+    return parser
+
+
 class _PerThread(threading.local):
     def __init__(self) -> None:
-        self.parser = _new_parser()
+        self.parser = _new_untrusted_parser()
         self.schemas: dict[str, etree.XMLSchema] = {}
 
 
@@ -200,12 +231,11 @@ def _check_bytes(data: bytes, max_bytes: int) -> None:
     start = len(_UTF8_BOM) if data.startswith(_UTF8_BOM) else 0
     declaration = _XML_DECLARATION.match(data, start)
     if declaration is not None:
-        encoding = _DECLARED_ENCODING.search(declaration.group())
-        if encoding is not None and encoding.group(1).lower() != b"utf-8":
+        declared = _DECLARED_ENCODING.search(declaration.group())
+        if declared is not None and declared.group(1).lower() != b"utf-8":
             raise XmlError(
                 XmlErrorCode.NOT_UTF8,
-                f"the XML declaration names encoding {encoding.group(1).decode('ascii', 'replace')!r}; "
-                "only UTF-8 is accepted",
+                f"the XML declaration names encoding {declared.group(1).decode('utf-8')!r}; only UTF-8 is accepted",
             )
     # "!" is rare in messages and memchr finds it at memory speed; only
     # documents that contain one pay for the pattern search.
@@ -252,6 +282,7 @@ def schema_path(message_type: str) -> Path:
 def _schema(message_type: str) -> etree.XMLSchema:
     schema = _local.schemas.get(message_type)
     if schema is None:
+        # Our own files, so the parser without the resolver: xs:include must load common.xsd.
         document = etree.parse(str(schema_path(message_type)), _new_parser())
         schema = etree.XMLSchema(document)
         _local.schemas[message_type] = schema
@@ -285,29 +316,39 @@ def validate(root: etree._Element) -> str:
 
 def _schema_error(log: etree._ListErrorLog, root: etree._Element) -> XmlError:
     entry = log[0]
-    pointer = None
-    if entry.path:
-        try:
-            found = root.getroottree().xpath(entry.path)
-        except etree.XPathError:
-            found = None
-        if isinstance(found, list) and found and isinstance(found[0], etree._Element):
-            pointer = element_path(found[0])
-    message = _tidy_schema_message(entry.message)
+    element = _element_at(root, entry.path) if entry.path else None
+    pointer = None if element is None else element_path(element)
+    message = _tidy_schema_message(entry.message, named_elsewhere=pointer is not None)
     where = f"line {entry.line}, {pointer}" if pointer else f"line {entry.line}"
     return XmlError(XmlErrorCode.SCHEMA_INVALID, f"{where}: {message}", pointer)
+
+
+def _element_at(root: etree._Element, path: str) -> etree._Element | None:
+    # libxml2 writes paths with the document's own prefixes (/*/*[2]/xi:include).
+    namespaces: dict[str, str] = {}
+    for element in root.iter(etree.Element):
+        for prefix, uri in element.nsmap.items():
+            if prefix:
+                namespaces.setdefault(prefix, uri)
+    try:
+        found = root.getroottree().xpath(path, namespaces=namespaces)
+    except etree.XPathError:
+        return None
+    if isinstance(found, list) and found and isinstance(found[0], etree._Element):
+        return found[0]
+    return None
 
 
 _ELEMENT_PREFIX: Final = re.compile(r"^Element '[^']*'(?:, attribute '([^']*)')?: ")
 _FACET_PREFIX: Final = re.compile(r"\[facet '[^']*'\] ")
 
 
-def _tidy_schema_message(message: str) -> str:
+def _tidy_schema_message(message: str, *, named_elsewhere: bool) -> str:
     # libxml2 writes "Element '{urn:...}ID': [facet 'pattern'] The value ...";
-    # the pointer already names the element, and the namespace is always ours.
+    # the namespace is always ours, and the pointer, when there is one, names the element.
     message = message.replace("{" + NAMESPACE + "}", "")
     match = _ELEMENT_PREFIX.match(message)
-    if match is not None:
+    if match is not None and named_elsewhere:
         attribute = match.group(1)
         message = message[match.end() :]
         if attribute:

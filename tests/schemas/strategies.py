@@ -81,8 +81,14 @@ digests = st.binary(min_size=32, max_size=32)
 # Any instant from 1900 to 2999 in UTC or at a fixed offset; the codec
 # returns UTC, and aware datetimes compare by instant.
 _zones = st.sampled_from(
-    [UTC, timezone(timedelta(hours=8)), timezone(timedelta(hours=6)), timezone(timedelta(hours=-9, minutes=-30))]
-    + [timezone(timedelta(hours=14)), timezone(-timedelta(hours=14))]
+    [
+        UTC,
+        timezone(timedelta(hours=8)),
+        timezone(timedelta(hours=6)),
+        timezone(timedelta(hours=-9, minutes=-30)),
+        timezone(timedelta(hours=14)),
+        timezone(-timedelta(hours=14)),
+    ]
 )
 datetimes = st.datetimes(min_value=datetime(1900, 1, 2), max_value=datetime(2999, 12, 30), timezones=_zones)
 
@@ -221,9 +227,7 @@ receipts = st.builds(
     received_digest=digests,
     status=st.sampled_from(ReceiptStatus),
     received_at=datetimes,
-    errors=_tuples(
-        st.builds(ReceiptError, code=validation_codes, description=free_text, pointer=st.none() | tag_ids)
-    ),
+    errors=_tuples(st.builds(ReceiptError, code=validation_codes, description=free_text, pointer=st.none() | tag_ids)),
 )
 
 BODIES: dict[str, st.SearchStrategy[Body]] = {
