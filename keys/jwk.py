@@ -83,8 +83,25 @@ def key_type_for_alg(alg: str) -> KeyType:
 
 
 def thumbprint(jwk: Mapping[str, Any]) -> str:
-    """The RFC 7638 SHA-256 thumbprint of ``jwk`` (any kty), base64url: the kid mrx gives the key."""
-    digest: str = JWK(**dict(jwk)).thumbprint()
+    """The RFC 7638 SHA-256 thumbprint of ``jwk`` (any kty), base64url: the kid mrx gives the key.
+
+    Cached by value (a key set is read again with every key-set statement that
+    lists it), without private members, which RFC 7638 never uses.
+    """
+    public = {name: value for name, value in jwk.items() if name not in PRIVATE_MEMBERS}
+    try:
+        return _thumbprint(tuple(sorted(public.items())))
+    except TypeError:  # a member that is not hashable (a list): not an mrx key, so not worth caching
+        return _uncached_thumbprint(public)
+
+
+@lru_cache(maxsize=4096)
+def _thumbprint(members: tuple[tuple[str, Any], ...]) -> str:
+    return _uncached_thumbprint(dict(members))
+
+
+def _uncached_thumbprint(members: Mapping[str, Any]) -> str:
+    digest: str = JWK(**members).thumbprint()
     return digest
 
 

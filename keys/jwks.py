@@ -182,11 +182,11 @@ class PublicKey:
 
     def to_jwk(self) -> dict[str, str]:
         """The key as a JWKS member: the public JWK plus status and times."""
-        member = {**self.jwk, "status": self.status, "valid_from": _format_time(self.valid_from)}
+        member = {**self.jwk, "status": self.status, "valid_from": format_time(self.valid_from)}
         if self.valid_to is not None:
-            member["valid_to"] = _format_time(self.valid_to)
+            member["valid_to"] = format_time(self.valid_to)
         if self.revoked_at is not None:
-            member["revoked_at"] = _format_time(self.revoked_at)
+            member["revoked_at"] = format_time(self.revoked_at)
         return member
 
     @classmethod
@@ -214,7 +214,7 @@ class PublicKey:
             kid=member["kid"],
             alg=member["alg"],
             jwk={m: member[m] for m in member if m not in _LIFE_MEMBERS},
-            valid_from=_parse_time(member["valid_from"], f"valid_from of key {name}"),
+            valid_from=parse_time(member["valid_from"], f"valid_from of key {name}"),
             valid_to=_optional_time(member, "valid_to", name),
             status=member["status"],
             revoked_at=_optional_time(member, "revoked_at", name),
@@ -299,7 +299,7 @@ def _optional_time(member: Mapping[str, Any], name: str, kid: str) -> datetime |
         return None
     if not isinstance(member[name], str):
         raise KeyringError("jwks-malformed", f"Key {kid} has a {name!r} that is not a string.")
-    return _parse_time(member[name], f"{name} of key {kid}")
+    return parse_time(member[name], f"{name} of key {kid}")
 
 
 def _utc(value: object, what: str) -> datetime:
@@ -308,7 +308,8 @@ def _utc(value: object, what: str) -> datetime:
     return value.astimezone(UTC)
 
 
-def _parse_time(text: str, what: str) -> datetime:
+def parse_time(text: str, what: str) -> datetime:
+    """The UTC time an RFC 3339 ``text`` names; `KeyringError` (jwks-malformed) naming ``what`` otherwise."""
     try:
         if not _RFC3339.fullmatch(text):
             raise ValueError("not in the form 2025-01-31T08:00:00Z")
@@ -317,7 +318,8 @@ def _parse_time(text: str, what: str) -> datetime:
         raise KeyringError("jwks-malformed", f"The {what} {_quote(text)} is not an RFC 3339 time ({error}).") from None
 
 
-def _format_time(t: datetime) -> str:
+def format_time(t: datetime) -> str:
+    """``t`` as mrx writes times: RFC 3339 in UTC with ``Z``, microseconds only when not zero."""
     return t.astimezone(UTC).isoformat(timespec="microseconds" if t.microsecond else "seconds").replace("+00:00", "Z")
 
 

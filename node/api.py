@@ -113,6 +113,7 @@ class NodeApi:
             web.get("/v1/seals/{seal_id}/events", self.get_seal_events),
             web.get("/v1/locks/{lock_id}/events", self.get_lock_events),
             web.get("/.well-known/jwks.json", self.get_jwks),
+            web.get("/.well-known/mrx-key-statements", self.get_key_statements),
             web.get("/.well-known/mrx", self.get_discovery),
             web.get("/healthz", self.get_healthz),
             web.get("/readyz", self.get_readyz),
@@ -250,6 +251,12 @@ class NodeApi:
         self.keystore.reload()  # a rotation or revocation made with `mrx keys` while the node runs
         return json_response(self.keystore.jwks(), headers={"Cache-Control": "public, max-age=60"})
 
+    async def get_key_statements(self, request: web.Request) -> web.Response:
+        """The signed chain of key-set statements partners follow from their trust anchors (docs/keys.md)."""
+        self.keystore.reload()
+        statements = [token.decode("ascii") for token in self.keystore.statements()]
+        return json_response({"statements": statements}, headers={"Cache-Control": "public, max-age=60"})
+
     async def get_discovery(self, request: web.Request) -> web.Response:
         return json_response(
             {
@@ -257,6 +264,7 @@ class NodeApi:
                 "office": self.config.office,
                 "api_version": API_VERSION,
                 "jwks_uri": "/.well-known/jwks.json",
+                "key_statements_uri": "/.well-known/mrx-key-statements",
                 "openapi_uri": "/openapi.json",
                 "message_namespace": "urn:mrx:datamodel:MRX:1",
             }

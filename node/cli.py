@@ -23,7 +23,7 @@ from mrx.keys.keyring import KeyStore, KeyStoreError
 
 from .access import new_credential
 from .config import CONFIG_NAME, DEFAULT_PORT, ConfigError, NodeConfig, load_config, write_new_config
-from .server import configure_logging, default_node_dir, serve
+from .server import configure_logging, default_node_dir, run_event_loop, serve
 from .storage.sqlite import SqliteStore
 
 DEFAULT_NODE_ID = "CN-CQI"
@@ -84,7 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config = config.model_copy(update={"port": args.port})
     configure_logging(config.log_level)
     try:
-        asyncio.run(serve(config))
+        run_event_loop(serve(config))
     except OSError as exc:
         raise CommandError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
     return 0
@@ -99,7 +99,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
             revoked = f" revoked {key.revoked_at.isoformat()}" if key.revoked_at else ""
             print(f"{key.kid}  {key.alg:6} {key.status:8} from {key.valid_from.isoformat()} to {until}{revoked}")
     elif args.keys_command == "rotate":
-        key = store.rotate(alg=args.alg)
+        key = store.rotate(alg=args.alg, new_anchor=args.new_anchor)
         print(f"new signing key {key.kid} ({key.alg}); a running node switches to it within seconds")
     elif args.keys_command == "revoke":
         key = store.revoke(args.kid)
@@ -173,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(keys_sub.add_parser("list", help="list keys with their validity and status"))
     p = with_config(keys_sub.add_parser("rotate", help="make a new signing key; old records still verify"))
     p.add_argument("--alg", choices=("EdDSA", "ES256"), default="EdDSA")
+    p.add_argument(
+        "--new-anchor", action="store_true",
+        help="start a new key chain after the active key was revoked; partners need the new kid out of band",
+    )
     p = with_config(keys_sub.add_parser("revoke", help="revoke a key from now on"))
     p.add_argument("kid")
     with_config(keys_sub.add_parser("jwks", help="print the public JWKS"))

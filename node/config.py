@@ -44,6 +44,14 @@ class Storage(BaseModel):
     max_batch_ops: int = Field(default=2000, ge=1, le=100_000)
 
 
+class Signing(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    # Worker processes that encode, validate and sign records; 0 signs on the
+    # event loop. One per spare core: on 2 cores, 1.
+    workers: int = Field(default=1, ge=0, le=64)
+
+
 class NodeConfig(BaseModel):
     """What ``mrx.toml`` holds. Paths are resolved against ``base_dir``."""
 
@@ -58,6 +66,7 @@ class NodeConfig(BaseModel):
     log_level: str = Field(default="info", pattern=r"^(debug|info|warning|error)$")
     limits: Limits = Limits()
     storage: Storage = Storage()
+    signing: Signing = Signing()
 
     base_dir: Path = Field(default=Path("."), exclude=True)
 
@@ -127,6 +136,9 @@ page_size = 100            # default page of timelines
 
 [storage]
 max_batch_ops = 2000       # most writes grouped into one commit
+
+[signing]
+workers = 1                # processes that encode and sign records (0: on the event loop)
 """
 
 

@@ -5,7 +5,8 @@ The pipeline for a seal event (the hot path) and for a control result:
 1. validate the JSON against the strict edge model (`mrx.node.inputs`);
 2. check the caller's scope (a gateway posts only for its own locks);
 3. turn it into the domain value, stamp the receipt time, encode it as XML
-   (validated against the XSD), sign it (`RecordSigner`);
+   (validated against the XSD), sign it (`mrx.node.signing`: in worker
+   processes, batched across concurrent requests);
 4. hand the batch to the store, which deduplicates, orders and commits it;
 5. report one `EventResult` per input event, after the commit.
 
@@ -13,7 +14,7 @@ A batch is all-or-nothing per *event*, not per request: a bad event is
 rejected with its own problem and the good ones around it are kept, because a
 gateway that uploads a lock's stored log after a radio outage must not lose
 a hundred good events to one corrupt one. Steps 1–3 are CPU work on the event
-loop; step 4 is the only I/O.
+loop, except the signing; step 4 is the only I/O.
 """
 
 from __future__ import annotations
@@ -28,15 +29,15 @@ from uuid import UUID
 from pydantic import BaseModel, ValidationError
 
 from mrx.keys.keyring import KeyStoreError
-from mrx.schemas.messages import Body
+from mrx.schemas.messages import SealEvent
 from mrx.schemas.xml import XmlError
 
 from .access import Caller
 from .inputs import ControlResultIn, SealEventIn
 from .metrics import NodeMetrics
 from .problems import FieldError, Problem
-from .records import RecordSigner
-from .storage import ControlResultWrite, Order, SealEventWrite, SignedRecord, Store, WriteStatus
+from .signing import Signing
+from .storage import ControlResultWrite, Order, SealEventWrite, Store, WriteStatus
 
 log = logging.getLogger(__name__)
 
@@ -95,17 +96,16 @@ def content_hash(model: BaseModel) -> bytes:
 
 
 class Ingest:
-    def __init__(self, store: Store, signer: RecordSigner, office: str, metrics: NodeMetrics) -> None:
+    def __init__(self, store: Store, signing: Signing, office: str, metrics: NodeMetrics) -> None:
         self._store = store
-        self._signer = signer
+        self._signing = signing
         self._office = office
         self._metrics = metrics
 
     async def seal_events(self, gateway: Caller, items: list[Any], pointer_prefix: str = "") -> list[EventResult]:
         receipt_time = datetime.now(timezone.utc)
         results: list[EventResult | None] = [None] * len(items)
-        writes: list[SealEventWrite] = []
-        write_index: list[int] = []
+        accepted: list[tuple[int, SealEvent, bytes]] = []
         for index, item in enumerate(items):
             prefix = f"{pointer_prefix}/{index}" if pointer_prefix else ""
             try:
@@ -120,26 +120,22 @@ class Ingest:
                 self._metrics.events_rejected.labels(problem.code).inc()
                 results[index] = EventResult(index, _event_id_of(item), "rejected", problem=problem)
                 continue
-            event = event_in.to_domain(gateway.name, receipt_time)
-            writes.append(SealEventWrite(self._sign(event), event, content_hash(event_in)))
-            write_index.append(index)
+            accepted.append((index, event_in.to_domain(gateway.name, receipt_time), content_hash(event_in)))
 
-        for index, outcome in zip(write_index, await self._store.store_seal_events(writes), strict=True):
+        signed = await self._signing.sign_all([event for _, event, _ in accepted])
+        writes: list[SealEventWrite] = []
+        stored: list[int] = []
+        for (index, event, digest), outcome in zip(accepted, signed, strict=True):
+            if isinstance(outcome, Exception):
+                problem = _signing_problem(outcome)
+                self._metrics.events_rejected.labels(problem.code).inc()
+                results[index] = EventResult(index, event.event_id, "rejected", problem=problem)
+            else:
+                writes.append(SealEventWrite(outcome, event, digest))
+                stored.append(index)
+        for index, outcome in zip(stored, await self._store.store_seal_events(writes), strict=True):
             results[index] = self._event_result(index, outcome)
         return [r for r in results if r is not None]
-
-    def _sign(self, body: Body) -> SignedRecord:
-        try:
-            return self._signer.sign(body)
-        except KeyStoreError as exc:  # e.g. the active key was revoked: fail closed
-            raise Problem(
-                "unavailable", f"this node cannot sign records now ({exc}); the operator must run `mrx keys rotate`"
-            ) from None
-        except XmlError as exc:
-            # The edge models are meant to admit only what the XSD admits; should
-            # they ever differ, the sender still gets the XSD's reason, not a 500.
-            log.warning("input passed the JSON model but not the XSD: %s", exc)
-            raise Problem(str(exc.code), exc.detail) from None
 
     def _event_result(self, index: int, outcome: Any) -> EventResult:
         if outcome.status is WriteStatus.ACCEPTED:
@@ -166,7 +162,10 @@ class Ingest:
     async def control_result(self, data: Any) -> ControlResultReceipt:
         result_in: ControlResultIn = validate(ControlResultIn, data)
         result = result_in.to_domain(self._office)
-        write = ControlResultWrite(self._sign(result), result, content_hash(result_in))
+        (signed,) = await self._signing.sign_all([result])
+        if isinstance(signed, Exception):
+            raise _signing_problem(signed)
+        write = ControlResultWrite(signed, result, content_hash(result_in))
         outcome = await self._store.store_control_result(write)
         self._metrics.control_results.labels(outcome.status.value).inc()
         if outcome.status is WriteStatus.KEY_CONFLICT or outcome.message_id is None:
@@ -176,6 +175,21 @@ class Ingest:
                 "send a correction under a new control ID",
             )
         return ControlResultReceipt(result.control_id, outcome.status.value, outcome.message_id)
+
+
+def _signing_problem(error: Exception) -> Problem:
+    """The problem to answer for a record that could not be signed."""
+    if isinstance(error, KeyStoreError):  # e.g. the active key was revoked: fail closed
+        return Problem(
+            "unavailable", f"this node cannot sign records now ({error}); the operator must make a new key (`mrx keys rotate`)"
+        )
+    if isinstance(error, XmlError):
+        # The edge models are meant to admit only what the XSD admits; should
+        # they ever differ, the sender still gets the XSD's reason, not a 500.
+        log.warning("input passed the JSON model but not the XSD: %s", error)
+        return Problem(str(error.code), error.detail)
+    log.error("could not sign a record: %r", error)
+    return Problem("unavailable", "the node could not sign this record just now; send it again")
 
 
 def _event_id_of(item: Any) -> UUID | None:

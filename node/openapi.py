@@ -283,6 +283,21 @@ def document() -> dict[str, Any]:
                 "responses": {"200": _json({"type": "object"}, "JWKS")},
             }
         },
+        "/.well-known/mrx-key-statements": {
+            "get": {
+                "summary": "The chain of signed key-set statements (compact JWS, oldest first) for partners",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["statements"],
+                            "properties": {"statements": {"type": "array", "items": {"type": "string"}}},
+                        },
+                        "Key-set statements",
+                    )
+                },
+            }
+        },
         "/.well-known/mrx": {
             "get": {
                 "summary": "Discovery: node ID, office, where the keys and this document are",

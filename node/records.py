@@ -38,7 +38,7 @@ class RecordSigner:
     """Makes signed records for one node.
 
     ``key`` returns the key to sign with now; the node passes its key store's
-    current active key, so that a rotation takes effect at the next record
+    current active key, so that a rotation takes effect at the next request
     (a record signed after its key's window closed would not verify).
     """
 
@@ -55,8 +55,22 @@ class RecordSigner:
         self._clock = clock
         self._new_id = new_id
 
+    def current_key(self) -> SigningKey:
+        """The key to sign with now; sign a batch with one key, asking once."""
+        return self._key()
+
     def sign(
         self,
+        body: Body,
+        *,
+        recipients: tuple[str, ...] = (),
+        correlation_id: UUID | None = None,
+    ) -> SignedRecord:
+        return self.sign_with(self._key(), body, recipients=recipients, correlation_id=correlation_id)
+
+    def sign_with(
+        self,
+        key: SigningKey,
         body: Body,
         *,
         recipients: tuple[str, ...] = (),
@@ -71,9 +85,7 @@ class RecordSigner:
             prepared_at=self._clock(),
             correlation_id=correlation_id,
         )
-        xml = codec.encode(Message(header=header, body=body))
-        key = self._key()
-        token = key.sign(xml, media_type(message_type))
+        token = key.sign(codec.encode(Message(header=header, body=body)), media_type(message_type))
         return SignedRecord(
             message_id=header.message_id,
             message_type=message_type,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -12,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from mrx.keys import keyring as keyring_module
 from mrx.keys.jws import verify_compact
 from mrx.keys.keyring import Keyring, KeyStore, KeyStoreError
+from mrx.keys.keyset import read_statement, trusted_keyring
 from tests.keys.support import TYP, Clock
 
 RECORD = b"<SealEventNotification>...</SealEventNotification>"
@@ -162,17 +167,22 @@ def test_open_refuses_a_damaged_index(store: KeyStore) -> None:
         KeyStore.open(store.path)
 
 
-def test_a_missing_private_key_stops_signing_but_not_rotation(store: KeyStore) -> None:
+def test_a_missing_private_key_stops_signing_but_not_rotation_with_a_new_anchor(store: KeyStore) -> None:
     lost = store.signing_key.kid
     (store.path / f"{lost}.pem").unlink()
 
     reopened = KeyStore.open(store.path)
-    with pytest.raises(KeyStoreError, match=r"missing.*revoke the key and rotate"):
+    with pytest.raises(KeyStoreError, match=r"missing.*new_anchor=True.*revoke the key"):
         _ = reopened.signing_key
-    reopened.revoke(lost)
-    new = reopened.rotate()
+    with pytest.raises(KeyStoreError, match="no key can sign"):
+        reopened.revoke(lost)  # the lost key cannot sign its own revocation
+    with pytest.raises(KeyStoreError, match="new_anchor=True"):
+        reopened.rotate()
+    new = reopened.rotate(new_anchor=True)
+    revoked = reopened.revoke(lost)  # signed by the new key
 
     assert reopened.signing_key.kid == new.kid
+    assert revoked.status == "revoked"
 
 
 def test_a_private_key_file_holding_another_key_stops_signing(store: KeyStore, tmp_path: Path) -> None:
@@ -288,23 +298,26 @@ def test_revocation_keeps_records_signed_before_it(store: KeyStore, clock: Clock
     assert not verified.key.valid_at(compromised_since + timedelta(seconds=1))  # what the thief signs: not
 
 
-def test_revoking_the_active_key_stops_signing_until_rotation(store: KeyStore) -> None:
+def test_revoking_the_active_key_stops_signing_until_rotation_with_a_new_anchor(store: KeyStore) -> None:
     kid = store.signing_key.kid
 
     store.revoke(kid)
 
     assert private_key_files(store.path) == []
-    with pytest.raises(KeyStoreError, match=rf"no active key.*{kid}.*Rotate"):
+    with pytest.raises(KeyStoreError, match=rf"no active key.*{kid}.*Rotate.*new_anchor=True"):
         _ = store.signing_key
     with pytest.raises(KeyStoreError, match="no active key"):
         _ = KeyStore.open(store.path).signing_key
-    new = store.rotate()
+    with pytest.raises(KeyStoreError, match=r"breaks the chain.*new_anchor=True.*thumbprint"):
+        store.rotate()
+    new = store.rotate(new_anchor=True)
     assert store.signing_key.kid == new.kid
 
 
 def test_revocation_can_move_earlier_but_not_later(store: KeyStore, clock: Clock) -> None:
     kid = store.signing_key.kid
     clock.advance(days=5)
+    store.rotate()  # the new active key signs each revocation of the old one
     first = store.revoke(kid, at=clock.now - timedelta(days=1))
 
     later = store.revoke(kid)
@@ -333,3 +346,141 @@ def test_a_revoked_key_is_published_as_revoked(store: KeyStore, clock: Clock) ->
     published = {k["kid"]: k for k in store.jwks()["keys"]}
     assert published[kid]["status"] == "revoked"
     assert "revoked_at" in published[kid] and "valid_to" in published[kid]
+
+
+# Key-set statements (the chain partners verify: test_keyset.py)
+
+
+def signers(store: KeyStore) -> list[str]:
+    return [read_statement(token).signer for token in store.statements()]
+
+
+def test_the_statements_are_kept_owner_only_beside_the_index(store: KeyStore) -> None:
+    path = store.path / "statements.json"
+
+    assert mode(path) == 0o600
+    assert [token.encode("ascii") for token in json.loads(path.read_text())] == store.statements()
+    assert signers(store) == [store.signing_key.kid]
+    assert read_statement(store.statements()[0]).keyring == store.keyring()
+
+
+def test_each_change_adds_statements_whose_last_key_set_is_the_published_one(store: KeyStore, clock: Clock) -> None:
+    first = store.signing_key.kid
+    clock.advance(days=1)
+    second = store.rotate().kid
+    clock.advance(days=1)
+    store.revoke(first)
+
+    reopened = KeyStore.open(store.path)
+
+    # create; rotation: the old key signs before its private file goes, then the new key; the active key revokes
+    assert signers(store) == [first, first, second, second]
+    assert [read_statement(token).sequence for token in store.statements()] == [1, 2, 3, 4]
+    assert read_statement(store.statements()[-1]).keyring == store.keyring()
+    assert private_key_files(store.path) == [f"{second}.pem"]
+    assert reopened.statements() == store.statements()
+
+
+def test_a_revocation_that_changes_nothing_adds_no_statement(store: KeyStore, clock: Clock) -> None:
+    kid = store.signing_key.kid
+    store.rotate()
+    store.revoke(kid)
+    clock.advance(hours=1)
+    before = store.statements()
+
+    store.revoke(kid)  # later than the revocation already made: nothing changes
+
+    assert store.statements() == before
+
+
+def test_rotation_with_a_new_anchor_is_refused_while_a_key_can_sign(store: KeyStore) -> None:
+    with pytest.raises(KeyStoreError, match="can still sign the rotation"):
+        store.rotate(new_anchor=True)
+
+    assert len(store.statements()) == 1 and len(store.keys()) == 1
+
+
+def test_a_change_interrupted_before_its_index_leaves_no_statement(
+    store: KeyStore, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, before = store.signing_key.kid, store.statements()
+    replace_file = keyring_module._replace_file
+
+    def crash_before_the_index(directory: Path, name: str, data: bytes) -> None:
+        if name == "jwks.json":
+            raise OSError(errno.EIO, "simulated crash", str(directory / name))
+        replace_file(directory, name, data)
+
+    monkeypatch.setattr(keyring_module, "_replace_file", crash_before_the_index)
+    with pytest.raises(KeyStoreError, match="not made"):
+        store.rotate()
+    monkeypatch.undo()
+
+    assert len(json.loads((store.path / "statements.json").read_text())) == 3  # written, never committed
+    reopened = KeyStore.open(store.path, clock=clock)
+    assert reopened.statements() == before
+    reopened.rotate()
+    result = trusted_keyring(reopened.statements(), {first}, now=clock.now)
+    assert (result.keyring, result.accepted) == (reopened.keyring(), (1, 2, 3))
+
+
+def test_open_refuses_damaged_statements(store: KeyStore) -> None:
+    (store.path / "statements.json").write_text('["not.a.statement"]')
+
+    with pytest.raises(KeyStoreError, match=r"statements.*damaged.*Restore"):
+        KeyStore.open(store.path)
+
+
+def test_open_refuses_statements_that_end_before_the_index(store: KeyStore, clock: Clock) -> None:
+    path = store.path / "statements.json"
+    clock.advance(days=1)
+    store.rotate()
+    clock.advance(days=1)
+    store.rotate()
+    path.write_text(json.dumps(json.loads(path.read_text())[:1]))  # an old copy
+
+    with pytest.raises(KeyStoreError, match="do not match the key index"):
+        KeyStore.open(store.path)
+
+
+def test_a_store_made_before_statements_starts_its_chain_at_its_next_change(store: KeyStore, clock: Clock) -> None:
+    old = store.signing_key.kid
+    (store.path / "statements.json").unlink()
+    legacy = KeyStore.open(store.path, clock=clock)
+    assert legacy.statements() == []
+    clock.advance(days=1)
+
+    new = legacy.rotate()
+
+    assert signers(legacy) == [old, new.kid]
+    for anchor in (old, new.kid):  # partners may have been given either
+        assert trusted_keyring(legacy.statements(), {anchor}, now=clock.now).keyring == legacy.keyring()
+
+
+def test_a_change_with_the_clock_before_the_last_statement_is_refused(store: KeyStore, clock: Clock) -> None:
+    kid = store.signing_key.kid
+    clock.advance(days=1)
+    store.rotate()
+    clock.advance(hours=-1)
+
+    with pytest.raises(KeyStoreError, match="before the last key-set statement.*Fix the system clock"):
+        store.revoke(kid)
+
+    assert len(store.statements()) == 3
+
+
+def test_a_reader_waits_for_a_change_in_progress(store: KeyStore) -> None:
+    # A change writes two files; a reader that came between them would see statements the index does not have.
+    fd = os.open(store.path / ".lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a change in progress, as `rotate` holds it
+    opened: list[KeyStore] = []
+    reader = threading.Thread(target=lambda: opened.append(KeyStore.open(store.path)))
+    try:
+        reader.start()
+        reader.join(timeout=0.5)
+        assert reader.is_alive() and not opened
+    finally:
+        os.close(fd)  # the change ends
+    reader.join()
+
+    assert opened[0].statements() == store.statements()

@@ -181,3 +181,22 @@ async def test_hostile_records_are_refused_fast(node: NodeProcess, node_dir: Nod
 async def test_verify_needs_the_jws_media_type(node: NodeProcess, node_dir: NodeDir, stored_record: bytes) -> None:
     status, body = await _fetch(node, "POST", "/v1/verify", node_dir.tokens["AUDIT"], stored_record)
     assert (status, body["code"]) == (415, "unsupported-media-type")
+
+
+async def test_key_statements_let_a_partner_follow_a_rotation(node_dir: NodeDir, tmp_path) -> None:
+    """A partner that trusts only the first key follows the node's rotation through its statement chain."""
+    from mrx.keys.keyset import trusted_keyring
+    from tests.nodeproc import make_node
+
+    partner_view = make_node(tmp_path / "rotating")
+    first_kid = KeyStore.open(partner_view.config.keys_path).signing_key.kid
+    KeyStore.open(partner_view.config.keys_path).rotate()
+    with NodeProcess(partner_view) as running:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(running.url + "/.well-known/mrx-key-statements") as resp:
+                statements = [s.encode() for s in (await resp.json())["statements"]]
+            async with session.get(running.url + "/.well-known/jwks.json") as resp:
+                served = {k["kid"] for k in (await resp.json())["keys"]}
+    result = trusted_keyring(statements, {first_kid}, now=datetime.now(timezone.utc))
+    assert {key.kid for key in result.keyring} == served and len(served) == 2
+    assert not result.refused

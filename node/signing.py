@@ -1,0 +1,198 @@
+"""Signing off the event loop: records are encoded, validated and signed in worker processes.
+
+Encoding a record, validating it against its XSD and signing it is about two
+thirds of the event loop's work at high load, and it is pure: message values
+in, signed bytes out. So it runs where it does not hold up the loop:
+
+- ``workers = 0`` signs inline, on the event loop (`InlineSigning`);
+- ``workers = N`` runs N worker processes (`SigningPool`), each with its own
+  `RecordSigner` over the node's key store, asking the store for the active
+  key once per batch (a rotation made while the node runs is seen at the
+  next batch, as inline).
+
+The pool coalesces like the store's writer: callers put their bodies on a
+queue, a dispatcher takes everything queued (up to ``max_batch`` records) and
+sends it to a worker as one call, with at most one batch in flight per
+worker. Many one-event requests therefore still cross to a worker in
+batches, and the pickling and pipe cost is paid per batch.
+
+Each record comes back as a `SignedRecord` or as the exception that stopped
+it (an XSD refusal, a key store that cannot sign), so one bad record never
+fails its neighbours. A worker that dies fails only the batch it held; the
+pool is rebuilt for the next one.
+
+Workers are started with ``spawn``: the node has threads (the SQLite writer,
+aiosqlite), and forking a threaded process is unsafe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Protocol
+
+from mrx.keys.jws import SigningKey
+from mrx.keys.keyring import KeyStore
+from mrx.schemas.messages import Body
+
+from .records import RecordSigner
+from .storage import SignedRecord
+
+log = logging.getLogger(__name__)
+
+Outcome = SignedRecord | Exception
+
+
+class Signing(Protocol):
+    async def sign_all(self, bodies: Sequence[Body]) -> list[Outcome]: ...
+
+    async def close(self) -> None: ...
+
+
+def sign_each(signer: RecordSigner, bodies: Sequence[Body]) -> list[Outcome]:
+    """Sign ``bodies`` with one key; a body that cannot be signed yields its exception."""
+    try:
+        key = signer.current_key()
+    except Exception as exc:  # e.g. the active key was revoked: every record fails alike
+        return [exc] * len(bodies)
+    outcomes: list[Outcome] = []
+    for body in bodies:
+        try:
+            outcomes.append(signer.sign_with(key, body))
+        except Exception as exc:
+            outcomes.append(exc)
+    return outcomes
+
+
+class InlineSigning:
+    """Signing on the event loop: for small nodes and for ``workers = 0``."""
+
+    def __init__(self, signer: RecordSigner) -> None:
+        self._signer = signer
+
+    async def sign_all(self, bodies: Sequence[Body]) -> list[Outcome]:
+        return sign_each(self._signer, bodies)
+
+    async def close(self) -> None:
+        return None
+
+
+# -- the worker side -------------------------------------------------------------
+
+_worker_signer: RecordSigner | None = None
+
+
+def _start_worker(node_id: str, keys_path: str) -> None:
+    global _worker_signer
+    store = KeyStore.open(keys_path)
+
+    def current_key() -> SigningKey:
+        store.reload()
+        return store.signing_key
+
+    _worker_signer = RecordSigner(node_id, current_key)
+
+
+def _sign_in_worker(bodies: list[Body]) -> list[Outcome]:
+    assert _worker_signer is not None, "worker not initialised"
+    return sign_each(_worker_signer, bodies)
+
+
+def _ready() -> bool:
+    return _worker_signer is not None
+
+
+# -- the pool --------------------------------------------------------------------
+
+
+class SigningPool:
+    def __init__(self, node_id: str, keys_path: Path, workers: int, max_batch: int = 500) -> None:
+        if workers < 1:
+            raise ValueError("a signing pool needs at least one worker; use InlineSigning for none")
+        self._node_id = node_id
+        self._keys_path = str(keys_path)
+        self._workers = workers
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[tuple[Sequence[Body], asyncio.Future[list[Outcome]]] | None] = asyncio.Queue()
+        self._pool: ProcessPoolExecutor | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            self._workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(self._node_id, self._keys_path),
+        )
+
+    async def start(self) -> None:
+        """Start the workers and wait until each has opened the key store."""
+        loop = asyncio.get_running_loop()
+        self._pool = self._new_pool()
+        ready = await asyncio.gather(*(loop.run_in_executor(self._pool, _ready) for _ in range(self._workers)))
+        if not all(ready):
+            raise RuntimeError("a signing worker did not start")
+        self._dispatcher = loop.create_task(self._dispatch(), name="mrx-signing-dispatcher")
+
+    async def sign_all(self, bodies: Sequence[Body]) -> list[Outcome]:
+        if not bodies:
+            return []
+        future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((bodies, future))
+        return await future
+
+    async def _dispatch(self) -> None:
+        slots = asyncio.Semaphore(self._workers)
+        while True:
+            first = await self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            size = len(first[0])
+            while size < self._max_batch and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is None:
+                    self._queue.put_nowait(None)  # stop after this batch
+                    break
+                batch.append(item)
+                size += len(item[0])
+            await slots.acquire()
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._in_flight.add(task)
+            task.add_done_callback(lambda t: (self._in_flight.discard(t), slots.release()))
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+    async def _run(self, batch: list[tuple[Sequence[Body], asyncio.Future[list[Outcome]]]]) -> None:
+        bodies = [body for bodies, _ in batch for body in bodies]
+        pool = self._pool
+        assert pool is not None
+        try:
+            outcomes = await asyncio.get_running_loop().run_in_executor(pool, _sign_in_worker, bodies)
+        except BrokenProcessPool as exc:
+            log.error("a signing worker died; restarting the pool (%d records failed)", len(bodies))
+            if self._pool is pool:
+                self._pool = self._new_pool()
+                pool.shutdown(wait=False, cancel_futures=True)
+            outcomes = [exc] * len(bodies)
+        except Exception as exc:  # e.g. a body that would not pickle: a bug, but fail only this batch
+            log.exception("signing batch of %d records failed", len(bodies))
+            outcomes = [exc] * len(bodies)
+        start = 0
+        for part, future in batch:
+            if not future.done():
+                future.set_result(outcomes[start : start + len(part)])
+            start += len(part)
+
+    async def close(self) -> None:
+        if self._dispatcher is not None:
+            self._queue.put_nowait(None)
+            await self._dispatcher
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)

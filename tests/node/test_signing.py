@@ -1,0 +1,80 @@
+"""Signing in worker processes: the same records as inline, failures kept per record."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from mrx.keys.jws import verify_compact
+from mrx.keys.keyring import KeyStore, KeyStoreError
+from mrx.node.inputs import SealEventIn
+from mrx.node.records import RecordSigner
+from mrx.node.signing import InlineSigning, SigningPool
+from mrx.node.storage import SignedRecord
+from mrx.schemas.xml import XmlError
+from tests import factories
+
+NOW = datetime(2026, 11, 22, 5, 0, tzinfo=timezone.utc)
+
+
+def events(n: int, lock: str = "LK-S"):
+    return [SealEventIn.model_validate(factories.seal_event(seq=i, lock=lock)).to_domain("GW-1", NOW) for i in range(n)]
+
+
+@pytest.fixture
+async def pool(tmp_path: Path):
+    KeyStore.create(tmp_path / "keys")
+    signing = SigningPool("CN-AKL", tmp_path / "keys", workers=1, max_batch=64)
+    await signing.start()
+    yield signing
+    await signing.close()
+
+
+async def test_concurrent_callers_get_their_own_verified_records(pool: SigningPool, tmp_path: Path) -> None:
+    keyring = KeyStore.open(tmp_path / "keys").keyring()
+    batches = [events(n, lock=f"LK-S-{n}") for n in (1, 3, 100, 1, 7)]
+    results = await asyncio.gather(*(pool.sign_all(batch) for batch in batches))
+    for batch, outcomes in zip(batches, results, strict=True):
+        assert len(outcomes) == len(batch)
+        for body, outcome in zip(batch, outcomes, strict=True):
+            assert isinstance(outcome, SignedRecord)
+            payload = verify_compact(outcome.jws, keyring.get).payload
+            assert f"<EventID>{body.event_id}</EventID>".encode() in payload
+
+
+async def test_a_record_that_fails_the_xsd_fails_alone(pool: SigningPool) -> None:
+    good = events(3)
+    bad = replace(good[1], seal_id="x" * 40)  # longer than the XSD allows
+    outcomes = await pool.sign_all([good[0], bad, good[2]])
+    assert isinstance(outcomes[0], SignedRecord) and isinstance(outcomes[2], SignedRecord)
+    assert isinstance(outcomes[1], XmlError) and outcomes[1].code == "xml-schema-invalid"
+
+
+async def test_a_revoked_active_key_fails_closed_in_the_workers(pool: SigningPool, tmp_path: Path) -> None:
+    store = KeyStore.open(tmp_path / "keys")
+    store.revoke(store.signing_key.kid)
+    outcomes = await pool.sign_all(events(2))
+    assert all(isinstance(o, KeyStoreError) for o in outcomes)
+
+
+async def test_a_killed_worker_fails_only_its_batch_and_the_pool_recovers(pool: SigningPool) -> None:
+    assert isinstance((await pool.sign_all(events(1)))[0], SignedRecord)
+    for pid in list(pool._pool._processes):  # type: ignore[union-attr]
+        os.kill(pid, signal.SIGKILL)
+    failed = await pool.sign_all(events(2))
+    assert all(isinstance(o, Exception) for o in failed)
+    recovered = await pool.sign_all(events(2))
+    assert all(isinstance(o, SignedRecord) for o in recovered)
+
+
+async def test_inline_signing_makes_the_same_kind_of_record(tmp_path: Path) -> None:
+    store = KeyStore.create(tmp_path / "keys")
+    inline = InlineSigning(RecordSigner("CN-AKL", lambda: store.signing_key))
+    (record,) = await inline.sign_all(events(1))
+    assert isinstance(record, SignedRecord) and record.kid == store.signing_key.kid

@@ -1,0 +1,103 @@
+"""The SQLite store in-process: its contract (node/storage/__init__.py) and its query plans."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mrx.keys.jws import SigningKey
+from mrx.node.access import new_credential
+from mrx.node.inputs import SealEventIn
+from mrx.node.records import RecordSigner
+from mrx.node.storage import InvalidCursor, Order, SealEventWrite, TimelineKey, WriteStatus
+from mrx.node.storage.sqlite import SqliteStore
+from tests import factories
+
+KEY = SigningKey.generate()
+SIGNER = RecordSigner("CN-AKL", lambda: KEY)
+NOW = datetime(2026, 11, 22, 5, 0, tzinfo=timezone.utc)
+
+
+def write(**event: Any) -> SealEventWrite:
+    model = SealEventIn.model_validate(factories.seal_event(**event))
+    domain = model.to_domain("GW-1", NOW)
+    return SealEventWrite(SIGNER.sign(domain), domain, hashlib.sha256(model.model_dump_json().encode()).digest())
+
+
+@pytest.fixture
+async def store(tmp_path: Path):
+    opened = await SqliteStore.open(tmp_path / "db.sqlite3")
+    yield opened
+    await opened.close()
+
+
+async def test_repeats_and_conflicts_inside_one_batch(store: SqliteStore) -> None:
+    first = write(seq=1, lock="LK-A")
+    same_seq_other_event = write(seq=1, lock="LK-A")
+    outcomes = await store.store_seal_events([first, first, same_seq_other_event, write(seq=3, lock="LK-A")])
+    assert [o.status for o in outcomes] == [
+        WriteStatus.ACCEPTED, WriteStatus.DUPLICATE, WriteStatus.SEQUENCE_CONFLICT, WriteStatus.ACCEPTED,
+    ]
+    assert outcomes[1].message_id == outcomes[0].message_id
+    assert outcomes[2].conflicting_event_id == first.event.event_id
+    assert [outcomes[0].order, outcomes[3].order] == [Order.FIRST, Order.GAP]
+    assert [(g.first_missing, g.last_missing) for g in await store.sequence_gaps("LK-A")] == [(2, 2)]
+
+
+async def test_concurrent_writers_are_grouped_and_each_answered(store: SqliteStore) -> None:
+    commits: list[int] = []
+    store.on_commit = lambda ops, _seconds: commits.append(ops)
+    writes = [[write(seq=i, lock=f"LK-C-{n}")] for n in range(20) for i in (1, 2)]
+    outcomes = await asyncio.gather(*(store.store_seal_events(w) for w in writes))
+    assert all(o[0].status is WriteStatus.ACCEPTED for o in outcomes)
+    assert sum(commits) == len(writes) and len(commits) < len(writes)  # group commit happened
+
+
+async def test_credentials_are_unique_and_cursors_are_checked(store: SqliteStore) -> None:
+    credential, _ = new_credential("GW-9", "gateway", ("LK-*",))
+    await store.add_credential(credential)
+    with pytest.raises(ValueError, match="exists already"):
+        await store.add_credential(credential)
+    assert (await store.credential("GW-9")) == credential
+    for cursor in ("not base64 !", "WzFd", "WyJhIiwidHJ1ZSJd"):
+        with pytest.raises(InvalidCursor):
+            await store.timeline(TimelineKey.CONTAINER, factories.container(), cursor, 10)
+
+
+async def test_no_statement_on_the_ingest_or_read_path_scans_a_table(store: SqliteStore, tmp_path: Path) -> None:
+    """Every statement the store runs, with its real bound values, searches an index.
+
+    A full scan is invisible on an empty database and ruinous at a million rows:
+    the row-value `IN (VALUES ...)` this replaced made every commit scan all events.
+    """
+    await store.store_seal_events([write(seq=i, lock=f"LK-P-{i % 7}") for i in range(1, 200)])
+    seen: list[str] = []
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(store._thread, store._writer_db.set_trace_callback, seen.append)
+    await store._reader_db.set_trace_callback(seen.append)
+
+    batch = [write(seq=1000 + i, lock=f"LK-P-{i % 7}") for i in range(50)]
+    await store.store_seal_events(batch + batch[:3])
+    await store.timeline(TimelineKey.CONTAINER, factories.container(), None, 20)
+    page = await store.timeline(TimelineKey.LOCK, "LK-P-1", None, 5)
+    await store.timeline(TimelineKey.LOCK, "LK-P-1", page.next_cursor, 5)
+    await store.timeline(TimelineKey.SEAL, "ES-0001", None, 5)
+    await store.sequence_gaps("LK-P-1")
+    await store.record(batch[0].record.message_id)
+    await store.seal_event_outcome(batch[0].event.event_id)
+    await store.credential("GW-1")
+
+    selects = [sql for sql in seen if sql.lstrip().upper().startswith(("SELECT", "WITH"))]
+    assert len(selects) >= 8
+    with sqlite3.connect(store.path) as db:
+        for sql in selects:
+            plan = " | ".join(row[3] for row in db.execute("EXPLAIN QUERY PLAN " + sql))
+            tables = ("seal_events", "records", "control_results", "credentials", "consignment_links")
+            scans = [t for t in tables if f"SCAN {t}" in plan and "USING" not in plan.split(f"SCAN {t}")[1][:40]]
+            assert not scans, f"full scan of {scans} in: {sql[:200]}\nplan: {plan}"
