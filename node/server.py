@@ -56,12 +56,13 @@ class Node:
         config = self.config
         self.keystore = KeyStore.open(config.keys_path)
         self._current_key()  # fail now, not at the first event, if the node cannot sign
+        inline = RecordSigner(config.node_id, self._current_key)
         if config.signing.workers:
-            pool = SigningPool(config.node_id, config.keys_path, config.signing.workers)
+            pool = SigningPool(inline, config.keys_path, config.signing.workers)
             await pool.start()
             self.signing: Signing = pool
         else:
-            self.signing = InlineSigning(RecordSigner(config.node_id, self._current_key))
+            self.signing = InlineSigning(inline)
         self.store = await SqliteStore.open(config.database_path, max_batch_ops=config.storage.max_batch_ops)
         self.store.on_commit = self.metrics.observe_commit
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mrx.keys.jws import verify_compact
+from mrx.keys.jws import SigningKey, verify_compact
 from mrx.keys.keyring import KeyStore, KeyStoreError
 from mrx.node.inputs import SealEventIn
 from mrx.node.records import RecordSigner
@@ -29,8 +29,10 @@ def events(n: int, lock: str = "LK-S"):
 
 @pytest.fixture
 async def pool(tmp_path: Path):
-    KeyStore.create(tmp_path / "keys")
-    signing = SigningPool("CN-AKL", tmp_path / "keys", workers=1, max_batch=64)
+    store = KeyStore.create(tmp_path / "keys")
+    inline = RecordSigner("CN-AKL", lambda: store.signing_key)
+    # inline_below=1: every batch goes to the worker, which is what these tests are about.
+    signing = SigningPool(inline, tmp_path / "keys", workers=1, max_batch=64, inline_below=1)
     await signing.start()
     yield signing
     await signing.close()
@@ -71,6 +73,26 @@ async def test_a_killed_worker_fails_only_its_batch_and_the_pool_recovers(pool: 
     assert all(isinstance(o, Exception) for o in failed)
     recovered = await pool.sign_all(events(2))
     assert all(isinstance(o, SignedRecord) for o in recovered)
+
+
+async def test_small_batches_are_signed_on_the_loop_and_large_ones_in_a_worker(tmp_path: Path) -> None:
+    store = KeyStore.create(tmp_path / "keys")
+    inline_calls: list[int] = []
+
+    def key() -> SigningKey:
+        inline_calls.append(1)
+        return store.signing_key
+
+    signing = SigningPool(RecordSigner("CN-AKL", key), tmp_path / "keys", workers=1, inline_below=8)
+    await signing.start()
+    try:
+        small = await signing.sign_all(events(3))
+        assert len(inline_calls) == 1  # signed here, with the inline signer's key
+        large = await signing.sign_all(events(20, lock="LK-L"))
+        assert len(inline_calls) == 1  # the worker asked its own key store
+        assert all(isinstance(o, SignedRecord) for o in small + large)
+    finally:
+        await signing.close()
 
 
 async def test_inline_signing_makes_the_same_kind_of_record(tmp_path: Path) -> None:
