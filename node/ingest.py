@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -37,7 +38,7 @@ from .inputs import ControlResultIn, SealEventIn
 from .metrics import NodeMetrics
 from .problems import FieldError, Problem
 from .signing import Signing
-from .storage import ControlResultWrite, Order, SealEventWrite, Store, WriteStatus
+from .storage import ControlResultWrite, Order, SealEventOutcome, SealEventWrite, Store, WriteStatus
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,6 @@ class Ingest:
                         "ask the node operator to add the lock to the gateway's scope",
                     )
             except Problem as problem:
-                self._metrics.events_rejected.labels(problem.code).inc()
                 results[index] = EventResult(index, _event_id_of(item), "rejected", problem=problem)
                 continue
             accepted.append((index, event_in.to_domain(gateway.name, receipt_time), content_hash(event_in)))
@@ -127,37 +127,26 @@ class Ingest:
         stored: list[int] = []
         for (index, event, digest), outcome in zip(accepted, signed, strict=True):
             if isinstance(outcome, Exception):
-                problem = _signing_problem(outcome)
-                self._metrics.events_rejected.labels(problem.code).inc()
-                results[index] = EventResult(index, event.event_id, "rejected", problem=problem)
+                results[index] = EventResult(index, event.event_id, "rejected", problem=_signing_problem(outcome))
             else:
                 writes.append(SealEventWrite(outcome, event, digest))
                 stored.append(index)
         for index, outcome in zip(stored, await self._store.store_seal_events(writes), strict=True):
-            results[index] = self._event_result(index, outcome)
-        return [r for r in results if r is not None]
+            results[index] = _event_result(index, outcome)
+        done = [r for r in results if r is not None]
+        self._count(done)
+        return done
 
-    def _event_result(self, index: int, outcome: Any) -> EventResult:
-        if outcome.status is WriteStatus.ACCEPTED:
-            self._metrics.events_accepted.labels(outcome.order.value).inc()
-            return EventResult(index, outcome.event_id, "accepted", outcome.message_id, outcome.order)
-        if outcome.status is WriteStatus.DUPLICATE:
-            self._metrics.events_duplicate.inc()
-            return EventResult(index, outcome.event_id, "duplicate", outcome.message_id, outcome.order)
-        if outcome.status is WriteStatus.KEY_CONFLICT:
-            problem = Problem(
-                "event-id-conflict",
-                f"event {outcome.event_id} was already received with different content; "
-                "an event ID names one event: give a new event a new ID",
-            )
-        else:
-            problem = Problem(
-                "sequence-conflict",
-                f"the lock's sequence number is already used by event {outcome.conflicting_event_id}; "
-                "a lock numbers each event once, so check the gateway's event log",
-            )
-        self._metrics.events_rejected.labels(problem.code).inc()
-        return EventResult(index, outcome.event_id, "rejected", problem=problem)
+    def _count(self, results: list[EventResult]) -> None:
+        """Metrics per request, not per event: a batch of 100 is three increments, not 100."""
+        accepted = Counter(r.order.value for r in results if r.status == "accepted" and r.order is not None)
+        rejected = Counter(r.problem.code for r in results if r.problem is not None)
+        for order, n in accepted.items():
+            self._metrics.events_accepted.labels(order).inc(n)
+        for code, n in rejected.items():
+            self._metrics.events_rejected.labels(code).inc(n)
+        if duplicates := sum(1 for r in results if r.status == "duplicate"):
+            self._metrics.events_duplicate.inc(duplicates)
 
     async def control_result(self, data: Any) -> ControlResultReceipt:
         result_in: ControlResultIn = validate(ControlResultIn, data)
@@ -175,6 +164,26 @@ class Ingest:
                 "send a correction under a new control ID",
             )
         return ControlResultReceipt(result.control_id, outcome.status.value, outcome.message_id)
+
+
+def _event_result(index: int, outcome: SealEventOutcome) -> EventResult:
+    if outcome.status is WriteStatus.ACCEPTED:
+        return EventResult(index, outcome.event_id, "accepted", outcome.message_id, outcome.order)
+    if outcome.status is WriteStatus.DUPLICATE:
+        return EventResult(index, outcome.event_id, "duplicate", outcome.message_id, outcome.order)
+    if outcome.status is WriteStatus.KEY_CONFLICT:
+        problem = Problem(
+            "event-id-conflict",
+            f"event {outcome.event_id} was already received with different content; "
+            "an event ID names one event: give a new event a new ID",
+        )
+    else:
+        problem = Problem(
+            "sequence-conflict",
+            f"the lock's sequence number is already used by event {outcome.conflicting_event_id}; "
+            "a lock numbers each event once, so check the gateway's event log",
+        )
+    return EventResult(index, outcome.event_id, "rejected", problem=problem)
 
 
 def _signing_problem(error: Exception) -> Problem:

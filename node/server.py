@@ -21,6 +21,7 @@ import logging
 import signal
 import sys
 from collections.abc import Coroutine
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -46,31 +47,39 @@ class Node:
         self.config = config
         self.metrics = NodeMetrics()
         self.keystore: KeyStore | None = None
-        self.store: SqliteStore | None = None
-        self.signing: Signing | None = None
         self._signing_kid: str | None = None
-        self._runner: web.AppRunner | None = None
         self.port: int | None = None
+        # What start() opened, closed in reverse by stop(): every closer runs
+        # even if another fails, and a start that fails halfway is unwound.
+        self._opened = AsyncExitStack()
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self._opened.aclose()
+            raise
+
+    async def _start(self) -> None:
         config = self.config
         self.keystore = KeyStore.open(config.keys_path)
         self._current_key()  # fail now, not at the first event, if the node cannot sign
         inline = RecordSigner(config.node_id, self._current_key)
+        signing: Signing = InlineSigning(inline)
         if config.signing.workers:
             pool = SigningPool(inline, config.keys_path, config.signing.workers)
             await pool.start()
-            self.signing: Signing = pool
-        else:
-            self.signing = InlineSigning(inline)
-        self.store = await SqliteStore.open(config.database_path, max_batch_ops=config.storage.max_batch_ops)
-        self.store.on_commit = self.metrics.observe_commit
+            signing = pool
+        self._opened.push_async_callback(signing.close)
+        store = await SqliteStore.open(config.database_path, max_batch_ops=config.storage.max_batch_ops)
+        self._opened.push_async_callback(store.close)
+        store.on_commit = self.metrics.observe_commit
 
         api = NodeApi(
             config=config,
-            store=self.store,
-            ingest=Ingest(self.store, self.signing, config.office, self.metrics),
-            access=Access(self.store),
+            store=store,
+            ingest=Ingest(store, signing, config.office, self.metrics),
+            access=Access(store),
             keystore=self.keystore,
             metrics=self.metrics,
         )
@@ -78,9 +87,12 @@ class Node:
         app.add_routes(api.routes())
 
         # Bodies are decompressed by mrx.node.body, with a bound; never by aiohttp.
-        self._runner = web.AppRunner(app, access_log=None, auto_decompress=False, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, config.host, config.port, backlog=1024)
+        runner = web.AppRunner(app, access_log=None, auto_decompress=False, handle_signals=False)
+        await runner.setup()
+        # Closed first: the listener stops and requests in flight finish (and
+        # commit) while the signers and the store are still there.
+        self._opened.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, config.host, config.port, backlog=1024)
         await site.start()
         sockets = getattr(site._server, "sockets", None) or []  # the only way to learn port 0's choice
         self.port = sockets[0].getsockname()[1] if sockets else config.port
@@ -97,12 +109,7 @@ class Node:
         return key
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self.signing is not None:
-            await self.signing.close()
-        if self.store is not None:
-            await self.store.close()
+        await self._opened.aclose()
 
 
 async def serve(config: NodeConfig) -> None:

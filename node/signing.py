@@ -37,6 +37,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -96,6 +99,7 @@ _worker_signer: RecordSigner | None = None
 
 def _start_worker(node_id: str, keys_path: str) -> None:
     global _worker_signer
+    _exit_with_parent(os.getppid())
     store = KeyStore.open(keys_path)
 
     def current_key() -> SigningKey:
@@ -103,6 +107,21 @@ def _start_worker(node_id: str, keys_path: str) -> None:
         return store.signing_key
 
     _worker_signer = RecordSigner(node_id, current_key)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this worker when the node is gone, however it went (SIGKILL included).
+
+    A worker blocked on its task queue does not notice its parent dying, and
+    an orphaned worker would hold the key store open and a process slot.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="mrx-parent-watch", daemon=True).start()
 
 
 def _sign_in_worker(bodies: list[Body]) -> list[Outcome]:
@@ -217,6 +236,7 @@ class SigningPool:
     async def close(self) -> None:
         if self._dispatcher is not None:
             self._queue.put_nowait(None)
-            await self._dispatcher
+            await asyncio.gather(self._dispatcher, return_exceptions=True)
         if self._pool is not None:
-            self._pool.shutdown(wait=True)
+            # Off the loop: a pool whose worker was killed may take a moment to wind down.
+            await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown)

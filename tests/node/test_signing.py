@@ -100,3 +100,40 @@ async def test_inline_signing_makes_the_same_kind_of_record(tmp_path: Path) -> N
     inline = InlineSigning(RecordSigner("CN-AKL", lambda: store.signing_key))
     (record,) = await inline.sign_all(events(1))
     assert isinstance(record, SignedRecord) and record.kid == store.signing_key.kid
+
+
+def test_signing_workers_exit_when_their_node_is_killed(tmp_path: Path) -> None:
+    """A node killed with SIGKILL leaves no signing worker behind."""
+    import time as clock
+
+    from tests.nodeproc import NodeProcess, make_node
+
+    node = NodeProcess(make_node(tmp_path / "node")).start()
+    assert node.proc is not None
+    children = Path(f"/proc/{node.proc.pid}/task/{node.proc.pid}/children").read_text().split()
+    workers = [int(pid) for pid in children]
+    assert workers, "the node runs signing workers by default"
+    node.kill()
+    deadline = clock.monotonic() + 10
+    while clock.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+        clock.sleep(0.2)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)]
+    assert not alive, f"signing workers {alive} outlived their node"
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return "gone"
+
+
+def test_a_node_whose_worker_died_still_stops_cleanly(tmp_path: Path) -> None:
+    """Stopping closes every part even when one fails: the store must not be left open."""
+    from tests.nodeproc import NodeProcess, make_node
+
+    node = NodeProcess(make_node(tmp_path / "node")).start()
+    assert node.proc is not None
+    for pid in Path(f"/proc/{node.proc.pid}/task/{node.proc.pid}/children").read_text().split():
+        os.kill(int(pid), signal.SIGKILL)
+    assert node.stop(timeout=30) == 0, node.stderr()
