@@ -259,13 +259,6 @@ class SqliteStore:
             digest=bytes(row[7]),
         )
 
-    async def seal_event_outcome(self, event_id: UUID) -> SealEventOutcome | None:
-        row = await self._one(
-            "SELECT event_id, content_hash, message_id, order_status FROM seal_events WHERE event_id = ?",
-            (str(event_id),),
-        )
-        return None if row is None else _outcome_from_row(row)[1]
-
     async def timeline(self, key: TimelineKey, value: str, cursor: str | None, limit: int) -> Page:
         column, order_by = {
             TimelineKey.CONTAINER: ("container", ("device_time", "id")),
