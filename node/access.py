@@ -27,17 +27,17 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from fnmatch import translate
 
+from .inputs import TOKEN
 from .problems import Problem
 from .storage import Credential, Store
 
 ROLES = ("gateway", "national", "auditor")
-NAME_PATTERN = re.compile(r"[A-Z0-9][A-Z0-9._-]{0,34}")
 _CACHE_SECONDS = 5.0
 
 
 def new_credential(name: str, role: str, lock_patterns: tuple[str, ...] = ()) -> tuple[Credential, str]:
     """A new credential and the bearer token to hand to its holder (shown once)."""
-    if not NAME_PATTERN.fullmatch(name):
+    if not TOKEN.fullmatch(name):  # a gateway's name is the GatewayID in its records
         raise ValueError(f"{name!r} is not a valid name: use A-Z, 0-9, '.', '_', '-' (at most 35), e.g. GW-CQ-01")
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -236,12 +237,12 @@ class NodeApi:
 
     async def get_seal_events(self, request: web.Request) -> web.Response:
         seal_id = request.match_info["seal_id"]
-        _check_param(None if SEAL_ID.fullmatch(seal_id) else f"{seal_id[:40]!r} is not a seal ID ({SEAL_ID.pattern})")
+        _check_shape(seal_id, SEAL_ID, "seal ID")
         return json_response(await self._timeline(request, TimelineKey.SEAL, seal_id))
 
     async def get_lock_events(self, request: web.Request) -> web.Response:
         lock_id = request.match_info["lock_id"]
-        _check_param(None if TOKEN.fullmatch(lock_id) else f"{lock_id[:40]!r} is not a lock ID ({TOKEN.pattern})")
+        _check_shape(lock_id, TOKEN, "lock ID")
         body = await self._timeline(request, TimelineKey.LOCK, lock_id)
         gaps = await self.store.sequence_gaps(lock_id)
         body["gaps"] = [{"first_missing": g.first_missing, "last_missing": g.last_missing} for g in gaps]
@@ -340,3 +341,8 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
 def _check_param(problem: str | None) -> None:
     if problem is not None:
         raise Problem("invalid-parameter", problem)
+
+
+def _check_shape(value: str, shape: re.Pattern[str], what: str) -> None:
+    if not shape.fullmatch(value):
+        raise Problem("invalid-parameter", f"{value[:40]!r} is not a {what} ({shape.pattern})")

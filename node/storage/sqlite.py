@@ -330,6 +330,7 @@ def _apply_seal_events(
     db: sqlite3.Connection, payloads: list[list[SealEventWrite]]
 ) -> list[list[SealEventOutcome]]:
     writes = [w for payload in payloads for w in payload]
+    stored_at = _ts(datetime.now(timezone.utc))  # one commit, one time
     existing = {
         row[0]: row
         for row in _select_in(
@@ -377,7 +378,7 @@ def _apply_seal_events(
         outcome = SealEventOutcome(ev.event_id, WriteStatus.ACCEPTED, w.record.message_id, order)
         accepted[eid] = (w.content_hash, outcome)
         outcomes.append(outcome)
-        record_rows.append(_record_row(w.record))
+        record_rows.append(_record_row(w.record, stored_at))
         position = ev.location.position if ev.location else None
         event_rows.append(
             (
@@ -419,6 +420,7 @@ def _sequence_owners(db: sqlite3.Connection, wanted: set[tuple[str, int]]) -> li
     return found
 
 def _apply_control_results(db: sqlite3.Connection, writes: list[ControlResultWrite]) -> list[ControlResultOutcome]:
+    stored_at = _ts(datetime.now(timezone.utc))  # one commit, one time
     existing = {
         row[0]: (row[1], UUID(row[2]))
         for row in _select_in(
@@ -440,7 +442,7 @@ def _apply_control_results(db: sqlite3.Connection, writes: list[ControlResultWri
             continue
         existing[cr.control_id] = (w.content_hash, w.record.message_id)
         outcomes.append(ControlResultOutcome(cr.control_id, WriteStatus.ACCEPTED, w.record.message_id))
-        record_rows.append(_record_row(w.record))
+        record_rows.append(_record_row(w.record, stored_at))
         result_rows.append(
             (
                 cr.control_id, w.content_hash, str(w.record.message_id), cr.office, cr.control_type.value,
@@ -524,10 +526,10 @@ def _outcome_from_row(row: Sequence[Any]) -> tuple[bytes, SealEventOutcome]:
     return bytes(content_hash), SealEventOutcome(UUID(event_id), WriteStatus.DUPLICATE, UUID(message_id), Order(order))
 
 
-def _record_row(r: SignedRecord) -> tuple[Any, ...]:
+def _record_row(r: SignedRecord, stored_at: str) -> tuple[Any, ...]:
     return (
         str(r.message_id), r.message_type, r.sender, " ".join(r.recipients), _ts(r.prepared_at), r.kid, r.digest,
-        r.jws, _ts(datetime.now(timezone.utc)),
+        r.jws, stored_at,
     )
 
 
