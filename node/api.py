@@ -16,7 +16,9 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlencode
 from uuid import UUID
 
 from aiohttp import web
@@ -30,16 +32,21 @@ from . import openapi
 from .access import Access
 from .body import parse_json, read_body
 from .config import NodeConfig
-from .ingest import EventResult, Ingest
-from .inputs import SEAL_ID, TOKEN
+from .ingest import EventResult, Ingest, validate
+from .inputs import SEAL_ID, TOKEN, ItineraryIn
+from .partners import Partners
+from .receiving import MessageResult, Receiver
+from .routing import Router
+from .sending import Deliveries
 from .metrics import NodeMetrics
 from .problems import PROBLEM_MEDIA_TYPE, Problem
 from .records import RecordError, own_keys, verify_record
-from .storage import InvalidCursor, Store, TimelineEntry, TimelineKey
+from .storage import Delivery, InvalidCursor, Itinerary, OutboxItem, Store, TimelineEntry, TimelineKey
 
 log = logging.getLogger(__name__)
 
 JWS_MEDIA_TYPE = "application/jose"
+MAX_EXCHANGE_BATCH = 1000
 API_VERSION = "1"
 
 
@@ -103,6 +110,10 @@ class NodeApi:
     access: Access
     keystore: KeyStore
     metrics: NodeMetrics
+    partners: Partners
+    receiver: Receiver
+    deliveries: Deliveries
+    router: Router
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -110,6 +121,11 @@ class NodeApi:
             web.post("/v1/control-results", self.post_control_result),
             web.post("/v1/verify", self.post_verify_record),
             web.get("/v1/records/{message_id}", self.get_record),
+            web.post("/v1/itineraries", self.post_itinerary),
+            web.post("/v1/exchange/messages", self.post_exchange_messages),
+            web.get("/v1/exchange/partners/{node_id}/messages", self.get_partner_messages),
+            web.get("/v1/outbox", self.get_outbox),
+            web.post("/v1/outbox/{partner}/retry", self.post_outbox_retry),
             web.get("/v1/containers/{container}/events", self.get_container_events),
             web.get("/v1/seals/{seal_id}/events", self.get_seal_events),
             web.get("/v1/locks/{lock_id}/events", self.get_lock_events),
@@ -193,6 +209,102 @@ class NodeApi:
                 "held_by_this_node": stored is not None and stored.jws == record.jws,
             }
         )
+
+    async def post_itinerary(self, request: web.Request) -> web.Response:
+        """A consignment's itinerary from the national system: which partners get its records (routing.py)."""
+        await self.access.authenticate(request.headers.get("Authorization"), "national")
+        data: ItineraryIn = validate(ItineraryIn, await self._json_body(request))
+        itinerary = Itinerary(
+            data.consignment.to_domain(), tuple(data.offices), tuple(data.containers), datetime.now(timezone.utc)
+        )
+        await self.store.put_itinerary(itinerary)
+        self.router.learn(itinerary)
+        self.metrics.itineraries.set(len(self.router))
+        return json_response(
+            {
+                "consignment": {"type": itinerary.ref.type.value, "id": itinerary.ref.id},
+                "offices": list(itinerary.offices),
+                "containers": list(itinerary.containers),
+                "recipients": list(self.router.recipients(itinerary.offices)),
+                "unserved_offices": list(self.router.unserved(itinerary.offices)),
+            }
+        )
+
+    # -- exchange with partners (docs/protocol.md) ----------------------------
+
+    async def post_exchange_messages(self, request: web.Request) -> web.Response:
+        """A partner delivers records; each is answered with a signed receipt (receiving.py)."""
+        if request.content_type != "application/json":
+            raise Problem("unsupported-media-type", "send the batch as application/json")
+        body = await read_body(request, self.config.limits.max_body_bytes)
+        partner = await self.partners.authenticate(request.headers.get("Authorization"), "POST", request.raw_path, body)
+        self.deliveries.contact(partner)
+        data = parse_json(body)
+        messages = data.get("messages") if isinstance(data, dict) else None
+        if (
+            not isinstance(data, dict) or set(data) != {"messages"} or not isinstance(messages, list) or not messages
+            or not all(isinstance(m, str) for m in messages)
+        ):
+            raise Problem("validation-failed", 'a batch is {"messages": ["<compact JWS>", ...]} with at least one')
+        if len(messages) > MAX_EXCHANGE_BATCH:
+            raise Problem(
+                "batch-too-large", f"the batch has {len(messages)} messages; send at most {MAX_EXCHANGE_BATCH}"
+            )
+        results = await self.receiver.receive(partner, [m.encode("utf-8") for m in messages])
+        counts = {s: sum(1 for r in results if r.status == s) for s in ("accepted", "duplicate", "rejected", "deferred")}
+        return json_response({**counts, "results": [_message_json(r, request.path) for r in results]})
+
+    async def get_partner_messages(self, request: web.Request) -> web.Response:
+        """Catch-up: the records addressed to the calling partner, oldest first, from a cursor."""
+        partner = await self.partners.authenticate(request.headers.get("Authorization"), "GET", request.raw_path, b"")
+        self.deliveries.contact(partner)
+        wanted = request.match_info["node_id"]
+        if wanted != partner:
+            raise Problem("forbidden", f"{partner} may fetch only the records addressed to itself, not to {wanted[:40]!r}")
+        limit = _int_param(request, "limit", self.config.exchange.batch_size, 1, MAX_EXCHANGE_BATCH)
+        cursor = request.query.get("cursor")
+        try:
+            items, next_cursor = await self.store.addressed_to(partner, cursor, limit)
+        except InvalidCursor as exc:
+            raise Problem("invalid-parameter", f"{exc}; start again without a cursor") from None
+        return json_response(
+            {
+                "messages": [i.jws.decode("ascii") for i in items],
+                "cursor": items[-1].cursor if items else cursor,
+                "more": next_cursor is not None,
+            }
+        )
+
+    async def get_outbox(self, request: web.Request) -> web.Response:
+        await self.access.authenticate(request.headers.get("Authorization"), "national", "auditor")
+        partner = request.query.get("partner")
+        if partner is not None and partner not in self.partners:
+            raise Problem("invalid-parameter", f"{partner[:40]!r} is not a partner of this node")
+        raw_state = request.query.get("state")
+        try:
+            state = Delivery(raw_state) if raw_state is not None else None
+        except ValueError:
+            raise Problem(
+                "invalid-parameter", f"state is one of {', '.join(d.value for d in Delivery)}, not {raw_state[:20]!r}"
+            ) from None
+        after = _int_param(request, "after", 0, 0, 2**62)
+        limit = _int_param(request, "limit", self.config.limits.page_size, 1, 1000)
+        items = await self.store.outbox(partner, state, after, limit)
+        next_link = None
+        if len(items) == limit:
+            query = {k: v for k, v in (("partner", partner), ("state", raw_state)) if v is not None}
+            next_link = f"{request.path}?{urlencode({**query, 'after': items[-1].outbox_id, 'limit': limit})}"
+        return json_response({"items": [_outbox_json(i) for i in items], "next": next_link})
+
+    async def post_outbox_retry(self, request: web.Request) -> web.Response:
+        """Queue failed deliveries to a partner again (after the cause was fixed)."""
+        await self.access.authenticate(request.headers.get("Authorization"), "national")
+        partner = request.match_info["partner"]
+        if partner not in self.partners:
+            raise Problem("not-found", f"{partner[:40]!r} is not a partner of this node")
+        requeued = await self.store.retry_outbox(partner, None)
+        self.deliveries.contact(partner)
+        return json_response({"partner": partner, "requeued": requeued})
 
     # -- reads --------------------------------------------------------------
 
@@ -302,6 +414,34 @@ def _event_json(result: EventResult, path: str) -> dict[str, Any]:
     if result.problem is not None:
         out["problem"] = result.problem.body(path)
     return out
+
+
+def _message_json(result: MessageResult, path: str) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "index": result.index,
+        "message_id": str(result.message_id) if result.message_id else None,
+        "digest": result.digest.hex(),
+        "status": result.status,
+        "receipt": result.receipt.decode("ascii") if result.receipt else None,
+    }
+    if result.problem is not None:
+        out["problem"] = result.problem.body(path)
+    return out
+
+
+def _outbox_json(item: OutboxItem) -> dict[str, Any]:
+    return {
+        "outbox_id": item.outbox_id,
+        "partner": item.partner,
+        "message_id": str(item.message_id),
+        "message_type": item.message_type,
+        "state": item.state.value,
+        "attempts": item.attempts,
+        "last_attempt_at": _iso(item.last_attempt_at) if item.last_attempt_at else None,
+        "last_error": item.last_error,
+        "receipt": f"/v1/records/{item.receipt_message_id}" if item.receipt_message_id else None,
+        "delivered_at": _iso(item.delivered_at) if item.delivered_at else None,
+    }
 
 
 def _entry_json(e: TimelineEntry) -> dict[str, Any]:

@@ -18,12 +18,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from uuid import UUID
 
 from mrx.keys.keyring import KeyStore, KeyStoreError
 
 from .access import new_credential
 from .config import CONFIG_NAME, DEFAULT_PORT, ConfigError, NodeConfig, load_config, write_new_config
 from .server import configure_logging, default_node_dir, run_event_loop, serve
+from .storage import Delivery
 from .storage.sqlite import SqliteStore
 
 DEFAULT_NODE_ID = "CN-CQI"
@@ -136,6 +138,36 @@ def cmd_client_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_outbox(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if args.partner is not None and config.partner(args.partner) is None:
+        raise CommandError(f"{args.partner} is not a partner in {_config_path(args)}")
+
+    async def run() -> int:
+        store = await SqliteStore.open(config.database_path)
+        try:
+            if args.outbox_command == "list":
+                state = Delivery(args.state) if args.state else None
+                for item in await store.outbox(args.partner, state, 0, args.limit):
+                    print(
+                        f"{item.outbox_id}\t{item.partner}\t{item.state.value}\t{item.attempts}\t"
+                        f"{item.message_type}\t{item.message_id}\t{item.last_error or ''}"
+                    )
+                return 0
+            messages = [UUID(m) for m in args.message] if args.message else None
+            requeued = await store.retry_outbox(args.partner, messages)
+            print(f"{requeued} failed deliveries to {args.partner} queued again; a running node sends them "
+                  "within its sweep interval")
+            return 0
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
 def _credential_or_error(config: NodeConfig, name: str, role: str, patterns: tuple[str, ...]) -> str:
     try:
         return asyncio.run(_add_credential(config, name, role, patterns))
@@ -198,6 +230,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--role", choices=("national", "auditor"), required=True)
     p.set_defaults(func=cmd_client_add)
+
+    outbox = sub.add_parser("outbox", help="deliveries to partner nodes: list, retry")
+    outbox_sub = outbox.add_subparsers(dest="outbox_command", required=True, metavar="ACTION")
+    p = with_config(outbox_sub.add_parser("list", help="list deliveries, oldest first (tab-separated)"))
+    p.add_argument("--partner", help="only this partner's")
+    p.add_argument("--state", choices=[d.value for d in Delivery], help="only in this state")
+    p.add_argument("--limit", type=int, default=100)
+    p = with_config(outbox_sub.add_parser("retry", help="queue a partner's failed deliveries again"))
+    p.add_argument("partner", metavar="PARTNER")
+    p.add_argument("--message", action="append", metavar="MESSAGE_ID", help="only this record; repeatable")
+    outbox.set_defaults(func=cmd_outbox)
     return parser
 
 

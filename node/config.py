@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 CONFIG_NAME = "mrx.toml"
 DEFAULT_PORT = 8470
@@ -52,6 +52,42 @@ class Signing(BaseModel):
     workers: int = Field(default=1, ge=0, le=64)
 
 
+class Partner(BaseModel):
+    """A partner authority's node: who it is, where it listens, which keys to start trusting."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    node_id: NodeId
+    url: Annotated[str, Field(pattern=r"^https?://[^/?#\s]+/?$")]  # base URL, no path
+    # RFC 7638 thumbprints of the partner's keys, taken out of band (letter, phone).
+    anchors: Annotated[list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{43}$")]], Field(min_length=1)]
+    # The customs offices (UN/LOCODE) this partner's node serves: routing sends it
+    # the records of consignments whose itinerary passes one of them.
+    offices: Annotated[list[Locode], Field(min_length=1)]
+
+    @property
+    def base_url(self) -> str:
+        return self.url.rstrip("/")
+
+
+class Exchange(BaseModel):
+    """How this node sends to and receives from its partners (docs/protocol.md)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    batch_size: int = Field(default=200, ge=1, le=1000)  # records per request when there is a backlog
+    retry_min_seconds: float = Field(default=0.5, gt=0, le=60)  # first backoff after a failure
+    retry_max_seconds: float = Field(default=60.0, ge=1, le=900)  # backoff cap: minutes, never hours
+    request_timeout_seconds: float = Field(default=30.0, ge=1, le=300)
+    key_refresh_seconds: float = Field(default=300.0, ge=5, le=86_400)  # partners' key statements
+    sweep_seconds: float = Field(default=5.0, ge=0.5, le=300)  # outbox retry sweep
+    pull_seconds: float = Field(default=300.0, ge=1, le=86_400)  # catch-up pull from partners
+    keep_delivered_days: int = Field(default=30, ge=1, le=3650)  # then delivered outbox rows are pruned
+    # Which itinerary offices get a record: those after this node's office
+    # ("downstream"), or every office on it ("itinerary").
+    route_to: str = Field(default="downstream", pattern=r"^(downstream|itinerary)$")
+
+
 class NodeConfig(BaseModel):
     """What ``mrx.toml`` holds. Paths are resolved against ``base_dir``."""
 
@@ -67,8 +103,24 @@ class NodeConfig(BaseModel):
     limits: Limits = Limits()
     storage: Storage = Storage()
     signing: Signing = Signing()
+    exchange: Exchange = Exchange()
+    partners: list[Partner] = []
 
     base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _distinct_partners(self) -> NodeConfig:
+        seen: set[str] = set()
+        for partner in self.partners:
+            if partner.node_id == self.node_id:
+                raise ValueError(f"partner {partner.node_id} is this node itself; list only other nodes")
+            if partner.node_id in seen:
+                raise ValueError(f"partner {partner.node_id} is listed twice")
+            seen.add(partner.node_id)
+        return self
+
+    def partner(self, node_id: str) -> Partner | None:
+        return next((p for p in self.partners if p.node_id == node_id), None)
 
     @property
     def data_path(self) -> Path:
@@ -139,6 +191,18 @@ max_batch_ops = 2000       # most writes grouped into one commit
 
 [signing]
 workers = 1                # processes that encode and sign records (0: on the event loop)
+
+[exchange]
+route_to = "downstream"    # itinerary offices that get records: "downstream" of this office, or "itinerary"
+batch_size = 200           # records per request to a partner when there is a backlog
+retry_max_seconds = 60     # backoff cap after failures to reach a partner
+
+# Partner nodes, one [[partners]] table each (docs/protocol.md):
+# [[partners]]
+# node_id = "KZ-DOS"
+# url = "https://mrx.dostyk.example"
+# anchors = ["<RFC 7638 thumbprint of the partner's key, confirmed out of band>"]
+# offices = ["KZDOS"]
 """
 
 

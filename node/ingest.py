@@ -4,7 +4,8 @@ The pipeline for a seal event (the hot path) and for a control result:
 
 1. validate the JSON against the strict edge model (`mrx.node.inputs`);
 2. check the caller's scope (a gateway posts only for its own locks);
-3. turn it into the domain value, stamp the receipt time, encode it as XML
+3. turn it into the domain value, stamp the receipt time, address it to the
+   partners its consignment's itinerary names (`mrx.node.routing`), encode it as XML
    (validated against the XSD), sign it (`mrx.node.signing`: in worker
    processes, batched across concurrent requests);
 4. hand the batch to the store, which deduplicates, orders and commits it;
@@ -37,6 +38,8 @@ from .access import Caller
 from .inputs import ControlResultIn, SealEventIn
 from .metrics import NodeMetrics
 from .problems import FieldError, Problem
+from .records import Unsigned
+from .routing import Router
 from .signing import Signing
 from .storage import ControlResultWrite, Order, SealEventOutcome, SealEventWrite, Store, WriteStatus
 
@@ -97,8 +100,9 @@ def content_hash(model: BaseModel) -> bytes:
 
 
 class Ingest:
-    def __init__(self, store: Store, signing: Signing, office: str, metrics: NodeMetrics) -> None:
+    def __init__(self, store: Store, signing: Signing, router: Router, office: str, metrics: NodeMetrics) -> None:
         self._store = store
+        self._router = router
         self._signing = signing
         self._office = office
         self._metrics = metrics
@@ -122,7 +126,8 @@ class Ingest:
                 continue
             accepted.append((index, event_in.to_domain(gateway.name, receipt_time), content_hash(event_in)))
 
-        signed = await self._signing.sign_all([event for _, event, _ in accepted])
+        route = self._router.for_seal_event
+        signed = await self._signing.sign_all([Unsigned(event, route(event)) for _, event, _ in accepted])
         writes: list[SealEventWrite] = []
         stored: list[int] = []
         for (index, event, digest), outcome in zip(accepted, signed, strict=True):
@@ -151,7 +156,7 @@ class Ingest:
     async def control_result(self, data: Any) -> ControlResultReceipt:
         result_in: ControlResultIn = validate(ControlResultIn, data)
         result = result_in.to_domain(self._office)
-        (signed,) = await self._signing.sign_all([result])
+        (signed,) = await self._signing.sign_all([Unsigned(result, self._router.for_control_result(result))])
         if isinstance(signed, Exception):
             raise _signing_problem(signed)
         write = ControlResultWrite(signed, result, content_hash(result_in))

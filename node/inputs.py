@@ -257,3 +257,19 @@ class ControlResultIn(BaseModel):
             hs_codes=tuple(self.hs_codes),
             remarks=self.remarks,
         )
+
+
+class ItineraryIn(BaseModel):
+    """A consignment's route, from the national system: offices in order, and its containers."""
+
+    model_config = STRICT
+
+    consignment: ConsignmentReferenceIn
+    offices: Annotated[list[Locode], Field(min_length=1, max_length=50)]
+    containers: Annotated[list[Container], Field(max_length=200)] = []
+
+    @model_validator(mode="after")
+    def _no_repeats(self) -> ItineraryIn:
+        if len(set(self.containers)) != len(self.containers):
+            raise ValueError("a container is listed twice")
+        return self

@@ -46,6 +46,47 @@ class NodeMetrics:
             "mrx_signing_key_info", "The key the node signs with (value 1)", ["kid", "alg"], registry=r
         )
 
+        # Exchange with partners (docs/protocol.md)
+        self.exchange_sent = Counter(
+            "mrx_exchange_sent", "Records sent to partners, by outcome (delivered, failed, retry)",
+            ["partner", "outcome"], registry=r,
+        )
+        self.exchange_received = Counter(
+            "mrx_exchange_received", "Messages received from partners, by status", ["partner", "status"], registry=r
+        )
+        self.exchange_pulled = Counter(
+            "mrx_exchange_pulled", "Messages fetched from partners by catch-up", ["partner"], registry=r
+        )
+        self.exchange_batch_seconds = Histogram(
+            "mrx_exchange_batch_seconds", "Time from sending a batch to a partner to its answer",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.outbox_messages = Gauge(
+            "mrx_outbox_messages", "Outbox rows by partner and state (at the last sweep)", ["partner", "state"],
+            registry=r,
+        )
+        self.partner_backoff = Gauge(
+            "mrx_partner_backoff_seconds", "Current backoff before the next send to a partner (0: none)", ["partner"],
+            registry=r,
+        )
+        self.partner_key_sequence = Gauge(
+            "mrx_partner_key_statement_sequence", "Sequence of the partner's last trusted key-set statement",
+            ["partner"], registry=r,
+        )
+        self.partner_key_refresh = Counter(
+            "mrx_partner_key_refresh", "Fetches of partners' key statements, by outcome (ok, unreachable, keyset-*)",
+            ["partner", "outcome"], registry=r,
+        )
+        self.itineraries = Gauge("mrx_itineraries", "Itineraries the router holds", registry=r)
+        # Background jobs (APScheduler)
+        self.job_runs = Counter("mrx_job_runs", "Background job runs, by outcome", ["job", "outcome"], registry=r)
+        self.job_last_success = Gauge(
+            "mrx_job_last_success_timestamp_seconds", "When each background job last succeeded", ["job"], registry=r
+        )
+        self.job_seconds = Histogram(
+            "mrx_job_seconds", "Background job run time", ["job"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+
     def observe_commit(self, operations: int, seconds: float) -> None:
         self.commit_ops.observe(operations)
         self.commit_seconds.observe(seconds)

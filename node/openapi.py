@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from .inputs import SEAL_ID, TOKEN, ControlResultIn, SealEventIn
+from .inputs import SEAL_ID, TOKEN, ControlResultIn, ItineraryIn, SealEventIn
 from .problems import CATALOGUE
 
 _REF = "#/components/schemas/{model}"
@@ -37,6 +37,7 @@ def _problems(*statuses: int) -> dict[str, Any]:
 
 
 _BEARER = [{"bearer": []}]
+_PARTNER = [{"partnerSignature": []}]
 
 
 def _timeline_path(param: str, pattern: str, description: str, with_gaps: bool = False) -> dict[str, Any]:
@@ -63,7 +64,7 @@ def _timeline_path(param: str, pattern: str, description: str, with_gaps: bool =
 @cache
 def document() -> dict[str, Any]:
     schemas: dict[str, Any] = {}
-    for model in (SealEventIn, ControlResultIn):
+    for model in (SealEventIn, ControlResultIn, ItineraryIn):
         schema = model.model_json_schema(ref_template=_REF)
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
@@ -202,6 +203,87 @@ def document() -> dict[str, Any]:
         },
     }
 
+    schemas["ItineraryAccepted"] = {
+        "type": "object",
+        "required": ["consignment", "offices", "containers", "recipients", "unserved_offices"],
+        "properties": {
+            "consignment": {"type": "object"},
+            "offices": {"type": "array", "items": {"type": "string"}},
+            "containers": {"type": "array", "items": {"type": "string"}},
+            "recipients": {
+                "type": "array", "items": {"type": "string"},
+                "description": "the partner nodes that will get this consignment's records",
+            },
+            "unserved_offices": {
+                "type": "array", "items": {"type": "string"},
+                "description": "offices on the itinerary that no partner of this node serves: they get nothing",
+            },
+        },
+    }
+    schemas["MessageBatch"] = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["messages"],
+        "properties": {
+            "messages": {"type": "array", "minItems": 1, "maxItems": 1000, "items": {"type": "string"}},
+        },
+    }
+    schemas["MessageResult"] = {
+        "type": "object",
+        "required": ["index", "message_id", "digest", "status", "receipt"],
+        "properties": {
+            "index": {"type": "integer"},
+            "message_id": {"type": ["string", "null"], "format": "uuid"},
+            "digest": {"type": "string", "description": "hex SHA-256 of the JWS received"},
+            "status": {"type": "string", "enum": ["accepted", "duplicate", "rejected", "deferred"]},
+            "receipt": {"type": ["string", "null"], "description": "the signed Receipt (compact JWS)"},
+            "problem": _ref("Problem"),
+        },
+    }
+    schemas["MessageBatchResult"] = {
+        "type": "object",
+        "required": ["accepted", "duplicate", "rejected", "deferred", "results"],
+        "properties": {
+            **{k: {"type": "integer"} for k in ("accepted", "duplicate", "rejected", "deferred")},
+            "results": {"type": "array", "items": _ref("MessageResult")},
+        },
+    }
+    schemas["MessagePage"] = {
+        "type": "object",
+        "required": ["messages", "cursor", "more"],
+        "properties": {
+            "messages": {"type": "array", "items": {"type": "string"}},
+            "cursor": {"type": ["string", "null"], "description": "pass as ?cursor= for the next page"},
+            "more": {"type": "boolean"},
+        },
+    }
+    schemas["OutboxPage"] = {
+        "type": "object",
+        "required": ["items", "next"],
+        "properties": {
+            "items": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["outbox_id", "partner", "message_id", "message_type", "state", "attempts"],
+                    "properties": {
+                        "outbox_id": {"type": "integer"},
+                        "partner": {"type": "string"},
+                        "message_id": {"type": "string", "format": "uuid"},
+                        "message_type": {"type": "string"},
+                        "state": {"type": "string", "enum": ["queued", "in-flight", "delivered", "failed"]},
+                        "attempts": {"type": "integer"},
+                        "last_attempt_at": {"type": ["string", "null"]},
+                        "last_error": {"type": ["string", "null"]},
+                        "receipt": {"type": ["string", "null"]},
+                        "delivered_at": {"type": ["string", "null"]},
+                    },
+                },
+            },
+            "next": {"type": ["string", "null"]},
+        },
+    }
+    node_param = {"name": "node_id", "in": "path", "required": True, "schema": {"type": "string"}}
     paths: dict[str, Any] = {
         "/v1/seal-events": {
             "post": {
@@ -264,6 +346,65 @@ def document() -> dict[str, Any]:
                         "content": {"application/jose": {"schema": {"type": "string"}}},
                     },
                     **_problems(400, 401, 403, 404),
+                },
+            }
+        },
+        "/v1/itineraries": {
+            "post": {
+                "summary": "Register or replace a consignment's itinerary (routing: which partners get its records)",
+                "security": _BEARER,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ItineraryIn")}}},
+                "responses": {
+                    "200": _json(_ref("ItineraryAccepted"), "The itinerary is stored"),
+                    **_problems(400, 401, 403, 413, 415, 422),
+                },
+            }
+        },
+        "/v1/exchange/messages": {
+            "post": {
+                "summary": "A partner node delivers records; each is answered with a signed Receipt (docs/protocol.md)",
+                "security": _PARTNER,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("MessageBatch")}}},
+                "responses": {
+                    "200": _json(_ref("MessageBatchResult"), "Per-message results with receipts"),
+                    **_problems(400, 401, 403, 409, 413, 415, 422, 503),
+                },
+            }
+        },
+        "/v1/exchange/partners/{node_id}/messages": {
+            "get": {
+                "summary": "Catch-up: records addressed to the calling partner, oldest first, from a cursor",
+                "security": _PARTNER,
+                "parameters": [
+                    node_param,
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": {"200": _json(_ref("MessagePage"), "A page of records"), **_problems(400, 401, 403, 409)},
+            }
+        },
+        "/v1/outbox": {
+            "get": {
+                "summary": "Deliveries to partners and their states",
+                "security": _BEARER,
+                "parameters": [
+                    {"name": "partner", "in": "query", "schema": {"type": "string"}},
+                    {"name": "state", "in": "query",
+                     "schema": {"type": "string", "enum": ["queued", "in-flight", "delivered", "failed"]}},
+                    {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                ],
+                "responses": {"200": _json(_ref("OutboxPage"), "A page of the outbox"), **_problems(400, 401, 403)},
+            }
+        },
+        "/v1/outbox/{partner}/retry": {
+            "post": {
+                "summary": "Queue a partner's failed deliveries again",
+                "security": _BEARER,
+                "parameters": [{"name": "partner", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {
+                    "200": _json({"type": "object"}, "How many deliveries were queued again"),
+                    **_problems(401, 403, 404),
                 },
             }
         },
@@ -331,6 +472,12 @@ def document() -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "partnerSignature": {
+                    "type": "apiKey", "in": "header", "name": "Authorization",
+                    "description": "MRX-JWS <signed request>: see docs/protocol.md",
+                },
+            },
         },
     }

@@ -34,6 +34,15 @@ def media_type(message_type: str) -> str:
     return f"vnd.mrx.{message_type}+xml"
 
 
+@dataclass(frozen=True, slots=True)
+class Unsigned:
+    """What to sign: a body, who it is addressed to, and what it answers."""
+
+    body: Body
+    recipients: tuple[str, ...] = ()
+    correlation_id: UUID | None = None
+
+
 class RecordSigner:
     """Makes signed records for one node.
 

@@ -22,24 +22,34 @@ import signal
 import sys
 from collections.abc import Coroutine
 from contextlib import AsyncExitStack
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from mrx.keys.jws import SigningKey
 from mrx.keys.keyring import KeyStore
 
 from .access import Access
-from .api import NodeApi, problem_middleware
+from .api import API_VERSION, NodeApi, problem_middleware
 from .config import NodeConfig
 from .ingest import Ingest
+from .jobs import Jobs
 from .metrics import NodeMetrics
+from .partners import Partners
+from .receiving import Receiver
 from .records import RecordSigner
+from .routing import PartnerOffices, Router
+from .sending import Deliveries, Puller, Sender
 from .signing import InlineSigning, Signing, SigningPool
+from .storage import Delivery
 from .storage.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
+
+ITINERARY_RETENTION = timedelta(days=90)  # a journey takes weeks; routing forgets itineraries older than this
 
 
 class Node:
@@ -75,13 +85,76 @@ class Node:
         self._opened.push_async_callback(store.close)
         store.on_commit = self.metrics.observe_commit
 
+        router = Router(
+            config.office, [PartnerOffices(p.node_id, tuple(p.offices)) for p in config.partners],
+            route_to=config.exchange.route_to,
+        )
+        keep_since = datetime.now(timezone.utc) - ITINERARY_RETENTION
+        for itinerary in await store.itineraries():
+            if itinerary.updated_at >= keep_since:
+                router.learn(itinerary)
+        self.metrics.itineraries.set(len(router))
+
+        settings = config.exchange
+        session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=settings.request_timeout_seconds, connect=5),
+            headers={"User-Agent": f"mrx/{API_VERSION} ({config.node_id})"},
+        )
+        self._opened.push_async_callback(session.close)
+        partners = Partners(config.node_id, config.partners, store, self.metrics)
+        await partners.load(session)
+        receiver = Receiver(
+            config.node_id, partners, store, signing, self.metrics, max_xml_bytes=config.limits.max_xml_bytes
+        )
+        senders = [
+            Sender(
+                config.node_id, partner, store, partners, self._current_key, session, settings, self.metrics,
+                max_xml_bytes=config.limits.max_xml_bytes,
+            )
+            for partner in config.partners
+        ]
+        puller = Puller(config.node_id, partners, store, receiver, self._current_key, session, settings, self.metrics)
+        deliveries = Deliveries(senders, puller)
+        self._opened.push_async_callback(deliveries.close)
+
+        jobs = Jobs(self.metrics)
+        self._opened.push_async_callback(jobs.close)
+
+        async def sweep() -> None:
+            deliveries.sweep()
+            counts = await store.outbox_counts()
+            for partner in config.partners:
+                for state in Delivery:
+                    self.metrics.outbox_messages.labels(partner.node_id, state.value).set(
+                        counts.get((partner.node_id, state), 0)
+                    )
+
+        async def prune() -> None:
+            now = datetime.now(timezone.utc)
+            pruned = await store.prune_delivered(now - timedelta(days=settings.keep_delivered_days))
+            partners.expire_replays()
+            router.forget_before(now - ITINERARY_RETENTION)
+            self.metrics.itineraries.set(len(router))
+            if pruned:
+                log.info("pruned %d delivered outbox rows", pruned)
+
+        if config.partners:
+            jobs.add("keys", partners.refresh_all, settings.key_refresh_seconds)
+            jobs.add("catch-up", puller.pull_all, settings.pull_seconds)
+            jobs.add("sweep", sweep, settings.sweep_seconds, at_start=True)
+        jobs.add("prune", prune, 3600)
+
         api = NodeApi(
             config=config,
             store=store,
-            ingest=Ingest(store, signing, config.office, self.metrics),
+            ingest=Ingest(store, signing, router, config.office, self.metrics),
             access=Access(store),
             keystore=self.keystore,
             metrics=self.metrics,
+            partners=partners,
+            receiver=receiver,
+            deliveries=deliveries,
+            router=router,
         )
         app = web.Application(middlewares=[problem_middleware(self.metrics)], client_max_size=config.limits.max_body_bytes)
         app.add_routes(api.routes())
@@ -96,6 +169,18 @@ class Node:
         await site.start()
         sockets = getattr(site._server, "sockets", None) or []  # the only way to learn port 0's choice
         self.port = sockets[0].getsockname()[1] if sockets else config.port
+
+        # Exchange starts once the node can answer: partners that pull from us
+        # or push receipts back find it up. Keys first, so that what the first
+        # catch-up brings verifies; neither waits for a partner that is down.
+        jobs.start()
+        deliveries.start()
+        if config.partners:
+            asyncio.get_running_loop().create_task(self._first_contact(jobs, partners, puller))
+
+    async def _first_contact(self, jobs: Jobs, partners: Partners, puller: Puller) -> None:
+        await jobs.run_now("keys", partners.refresh_all)
+        await jobs.run_now("catch-up", puller.pull_all)
 
     def _current_key(self) -> SigningKey:
         assert self.keystore is not None

@@ -10,7 +10,7 @@ in, signed bytes out. So it runs where it does not hold up the loop:
   key once per batch (a rotation made while the node runs is seen at the
   next batch, as inline).
 
-The pool coalesces like the store's writer: callers put their bodies on a
+The pool coalesces like the store's writer: callers put their items on a
 queue, a dispatcher takes everything queued (up to ``max_batch`` records) and
 sends it to a worker as one call, with at most one batch in flight per
 worker. Many one-event requests therefore still cross to a worker in
@@ -48,9 +48,8 @@ from typing import Protocol
 
 from mrx.keys.jws import SigningKey
 from mrx.keys.keyring import KeyStore
-from mrx.schemas.messages import Body
 
-from .records import RecordSigner
+from .records import RecordSigner, Unsigned
 from .storage import SignedRecord
 
 log = logging.getLogger(__name__)
@@ -59,21 +58,23 @@ Outcome = SignedRecord | Exception
 
 
 class Signing(Protocol):
-    async def sign_all(self, bodies: Sequence[Body]) -> list[Outcome]: ...
+    async def sign_all(self, items: Sequence[Unsigned]) -> list[Outcome]: ...
 
     async def close(self) -> None: ...
 
 
-def sign_each(signer: RecordSigner, bodies: Sequence[Body]) -> list[Outcome]:
-    """Sign ``bodies`` with one key; a body that cannot be signed yields its exception."""
+def sign_each(signer: RecordSigner, items: Sequence[Unsigned]) -> list[Outcome]:
+    """Sign ``items`` with one key; an item that cannot be signed yields its exception."""
     try:
         key = signer.current_key()
     except Exception as exc:  # e.g. the active key was revoked: every record fails alike
-        return [exc] * len(bodies)
+        return [exc] * len(items)
     outcomes: list[Outcome] = []
-    for body in bodies:
+    for item in items:
         try:
-            outcomes.append(signer.sign_with(key, body))
+            outcomes.append(
+                signer.sign_with(key, item.body, recipients=item.recipients, correlation_id=item.correlation_id)
+            )
         except Exception as exc:
             outcomes.append(exc)
     return outcomes
@@ -85,8 +86,8 @@ class InlineSigning:
     def __init__(self, signer: RecordSigner) -> None:
         self._signer = signer
 
-    async def sign_all(self, bodies: Sequence[Body]) -> list[Outcome]:
-        return sign_each(self._signer, bodies)
+    async def sign_all(self, items: Sequence[Unsigned]) -> list[Outcome]:
+        return sign_each(self._signer, items)
 
     async def close(self) -> None:
         return None
@@ -124,9 +125,9 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="mrx-parent-watch", daemon=True).start()
 
 
-def _sign_in_worker(bodies: list[Body]) -> list[Outcome]:
+def _sign_in_worker(items: list[Unsigned]) -> list[Outcome]:
     assert _worker_signer is not None, "worker not initialised"
-    return sign_each(_worker_signer, bodies)
+    return sign_each(_worker_signer, items)
 
 
 def _ready() -> bool:
@@ -154,7 +155,7 @@ class SigningPool:
         self._keys_path = str(keys_path)
         self._workers = workers
         self._max_batch = max_batch
-        self._queue: asyncio.Queue[tuple[Sequence[Body], asyncio.Future[list[Outcome]]] | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[Sequence[Unsigned], asyncio.Future[list[Outcome]]] | None] = asyncio.Queue()
         self._pool: ProcessPoolExecutor | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -176,11 +177,11 @@ class SigningPool:
             raise RuntimeError("a signing worker did not start")
         self._dispatcher = loop.create_task(self._dispatch(), name="mrx-signing-dispatcher")
 
-    async def sign_all(self, bodies: Sequence[Body]) -> list[Outcome]:
-        if not bodies:
+    async def sign_all(self, items: Sequence[Unsigned]) -> list[Outcome]:
+        if not items:
             return []
         future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((bodies, future))
+        self._queue.put_nowait((items, future))
         return await future
 
     async def _dispatch(self) -> None:
@@ -199,7 +200,7 @@ class SigningPool:
                 batch.append(item)
                 size += len(item[0])
             if size < self._inline_below:
-                self._deliver(batch, sign_each(self._inline, [body for bodies, _ in batch for body in bodies]))
+                self._deliver(batch, sign_each(self._inline, [item for part, _ in batch for item in part]))
                 continue
             await slots.acquire()
             task = asyncio.get_running_loop().create_task(self._run(batch))
@@ -208,25 +209,25 @@ class SigningPool:
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
 
-    async def _run(self, batch: list[tuple[Sequence[Body], asyncio.Future[list[Outcome]]]]) -> None:
-        bodies = [body for bodies, _ in batch for body in bodies]
+    async def _run(self, batch: list[tuple[Sequence[Unsigned], asyncio.Future[list[Outcome]]]]) -> None:
+        items = [item for part, _ in batch for item in part]
         pool = self._pool
         assert pool is not None
         try:
-            outcomes = await asyncio.get_running_loop().run_in_executor(pool, _sign_in_worker, bodies)
+            outcomes = await asyncio.get_running_loop().run_in_executor(pool, _sign_in_worker, items)
         except BrokenProcessPool as exc:
-            log.error("a signing worker died; restarting the pool (%d records failed)", len(bodies))
+            log.error("a signing worker died; restarting the pool (%d records failed)", len(items))
             if self._pool is pool:
                 self._pool = self._new_pool()
                 pool.shutdown(wait=False, cancel_futures=True)
-            outcomes = [exc] * len(bodies)
+            outcomes = [exc] * len(items)
         except Exception as exc:  # e.g. a body that would not pickle: a bug, but fail only this batch
-            log.exception("signing batch of %d records failed", len(bodies))
-            outcomes = [exc] * len(bodies)
+            log.exception("signing batch of %d records failed", len(items))
+            outcomes = [exc] * len(items)
         self._deliver(batch, outcomes)
 
     @staticmethod
-    def _deliver(batch: list[tuple[Sequence[Body], asyncio.Future[list[Outcome]]]], outcomes: list[Outcome]) -> None:
+    def _deliver(batch: list[tuple[Sequence[Unsigned], asyncio.Future[list[Outcome]]]], outcomes: list[Outcome]) -> None:
         start = 0
         for part, future in batch:
             if not future.done():

@@ -21,6 +21,11 @@ Durability contract, for every backend:
   hidden or "fixed".
 - Records are appended in commit order; that order is what the transparency
   log (see ``docs/architecture.md``) will follow.
+- A record addressed to partners is queued in each partner's outbox in the
+  same transaction that stores it: no record is stored without its
+  deliveries, and none is delivered that was not stored.
+- A record received from a partner is stored with the receipt that answers
+  it, in one transaction: the receipt never exists without the record.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from enum import StrEnum
 from typing import Protocol
 from uuid import UUID
 
-from mrx.schemas.messages import ControlResult, SealEvent
+from mrx.schemas.messages import ConsignmentReference, ControlResult, SealEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +151,78 @@ class TimelineKey(StrEnum):
     LOCK = "lock"
 
 
+class Delivery(StrEnum):
+    """Where a record stands in a partner's outbox."""
+
+    QUEUED = "queued"  # waiting to be sent (again)
+    IN_FLIGHT = "in-flight"  # sent, no answer yet; queued again if the node restarts
+    DELIVERED = "delivered"  # the partner's signed receipt accepted it, and is kept
+    FAILED = "failed"  # permanently rejected (a signed negative receipt): needs an operator
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    outbox_id: int
+    partner: str
+    message_id: UUID
+    message_type: str
+    state: Delivery
+    attempts: int
+    last_attempt_at: datetime | None
+    last_error: str | None
+    receipt_message_id: UUID | None
+    delivered_at: datetime | None
+    jws: bytes = b""  # filled by `Store.outbox_due`, for sending
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    """How one outbox item's send ended. ``receipt`` is the partner's, verified."""
+
+    outbox_id: int
+    state: Delivery  # DELIVERED, FAILED, or QUEUED (try again)
+    error: str | None = None
+    receipt: SignedRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedWrite:
+    """A message received from a partner and the receipt that answers it.
+
+    ``record`` is None when the message was rejected: then only the (negative)
+    receipt is stored, under the digest of the bytes it answers.
+    """
+
+    partner: str
+    received_digest: bytes  # SHA-256 of the exact JWS received
+    receipt: SignedRecord
+    record: SignedRecord | None = None
+    payload_digest: bytes | None = None  # SHA-256 of the JWS payload: the message itself
+    consignment_refs: tuple[ConsignmentReference, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedOutcome:
+    status: WriteStatus  # ACCEPTED (new), DUPLICATE (original receipt), KEY_CONFLICT (other message, same ID)
+    receipt_jws: bytes | None  # the receipt to answer with; None only for KEY_CONFLICT
+
+
+@dataclass(frozen=True, slots=True)
+class Itinerary:
+    """The offices a consignment will pass, in order, and the containers it travels in."""
+
+    ref: ConsignmentReference
+    offices: tuple[str, ...]
+    containers: tuple[str, ...]
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AddressedRecord:
+    cursor: str
+    jws: bytes
+
+
 class InvalidCursor(ValueError):
     """A pagination cursor that this store did not issue."""
 
@@ -164,6 +241,46 @@ class Store(Protocol):
     async def timeline(self, key: TimelineKey, value: str, cursor: str | None, limit: int) -> Page: ...
 
     async def sequence_gaps(self, lock_id: str) -> list[SequenceGap]: ...
+
+    # -- exchange with partners (docs/protocol.md) --
+
+    async def store_received(self, writes: list[ReceivedWrite]) -> list[ReceivedOutcome]: ...
+
+    async def receipt_for(self, received_digest: bytes) -> bytes | None: ...
+
+    async def received(self, message_id: UUID) -> tuple[bytes, bytes] | None:
+        """(payload digest, receipt JWS) of a message received earlier."""
+        ...
+
+    async def outbox_due(self, partner: str, limit: int) -> list[OutboxItem]: ...
+
+    async def mark_in_flight(self, outbox_ids: list[int]) -> None: ...
+
+    async def settle_deliveries(self, results: list[DeliveryResult]) -> None: ...
+
+    async def outbox(
+        self, partner: str | None, state: Delivery | None, after: int, limit: int
+    ) -> list[OutboxItem]: ...
+
+    async def retry_outbox(self, partner: str, message_ids: list[UUID] | None) -> int: ...
+
+    async def outbox_counts(self) -> dict[tuple[str, Delivery], int]: ...
+
+    async def prune_delivered(self, before: datetime) -> int: ...
+
+    async def addressed_to(self, partner: str, cursor: str | None, limit: int) -> tuple[list[AddressedRecord], str | None]: ...
+
+    async def put_itinerary(self, itinerary: Itinerary) -> None: ...
+
+    async def itineraries(self) -> list[Itinerary]: ...
+
+    async def key_statements(self, partner: str) -> list[bytes]: ...
+
+    async def save_key_statements(self, partner: str, statements: list[bytes]) -> None: ...
+
+    async def pull_cursor(self, partner: str) -> str | None: ...
+
+    async def save_pull_cursor(self, partner: str, cursor: str) -> None: ...
 
     async def ping(self) -> None: ...
 

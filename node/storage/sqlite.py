@@ -47,13 +47,23 @@ from uuid import UUID
 
 import aiosqlite
 
+from mrx.schemas.codes import ConsignmentReferenceType
+from mrx.schemas.messages import ConsignmentReference
+
 from . import (
+    AddressedRecord,
     ControlResultOutcome,
     ControlResultWrite,
     Credential,
+    Delivery,
+    DeliveryResult,
     InvalidCursor,
+    Itinerary,
     Order,
+    OutboxItem,
     Page,
+    ReceivedOutcome,
+    ReceivedWrite,
     SealEventOutcome,
     SealEventWrite,
     SequenceGap,
@@ -116,6 +126,8 @@ class SqliteStore:
             "seal_events": _apply_seal_events,
             "control_result": _apply_control_results,
             "credential": _apply_credentials,
+            "received": _apply_received,
+            "call": _apply_calls,
         }
         # Observability: the writer's group-commit sizes, read by /metrics.
         self.on_commit: Callable[[int, float], None] | None = None
@@ -218,6 +230,82 @@ class SqliteStore:
     async def add_credential(self, credential: Credential) -> None:
         await self._submit("credential", credential)
 
+    async def _call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """A small write, run in the writer's next group commit."""
+        return await self._submit("call", fn)
+
+    async def store_received(self, writes: list[ReceivedWrite]) -> list[ReceivedOutcome]:
+        if not writes:
+            return []
+        return await self._submit("received", writes)
+
+    async def mark_in_flight(self, outbox_ids: list[int]) -> None:
+        now = _ts(datetime.now(timezone.utc))
+        rows = [(Delivery.IN_FLIGHT.value, now, i) for i in outbox_ids]
+        await self._call(
+            lambda db: db.executemany(
+                "UPDATE outbox SET state = ?, attempts = attempts + 1, last_attempt_at = ? WHERE id = ?", rows
+            )
+        )
+
+    async def settle_deliveries(self, results: list[DeliveryResult]) -> None:
+        if results:
+            await self._call(lambda db: _settle(db, results))
+
+    async def retry_outbox(self, partner: str, message_ids: list[UUID] | None) -> int:
+        def retry(db: sqlite3.Connection) -> int:
+            sql = "UPDATE outbox SET state = 'queued' WHERE partner = ? AND state = 'failed'"
+            if message_ids is None:
+                return db.execute(sql, (partner,)).rowcount
+            return sum(
+                db.execute(sql + " AND message_id = ?", (partner, str(m))).rowcount for m in message_ids
+            )
+
+        return await self._call(retry)
+
+    async def prune_delivered(self, before: datetime) -> int:
+        cutoff = _ts(before)
+        return await self._call(
+            lambda db: db.execute(
+                "DELETE FROM outbox WHERE state = 'delivered' AND delivered_at < ?", (cutoff,)
+            ).rowcount
+        )
+
+    async def put_itinerary(self, itinerary: Itinerary) -> None:
+        row = (
+            itinerary.ref.type.value, itinerary.ref.id, " ".join(itinerary.offices), " ".join(itinerary.containers),
+            _ts(itinerary.updated_at),
+        )
+        await self._call(
+            lambda db: db.execute(
+                "INSERT INTO itineraries (ref_type, ref_id, offices, containers, updated_at) VALUES (?,?,?,?,?)"
+                " ON CONFLICT (ref_type, ref_id) DO UPDATE SET offices = excluded.offices,"
+                " containers = excluded.containers, updated_at = excluded.updated_at",
+                row,
+            )
+        )
+
+    async def save_key_statements(self, partner: str, statements: list[bytes]) -> None:
+        text = "\n".join(t.decode("ascii") for t in statements)
+        now = _ts(datetime.now(timezone.utc))
+        await self._call(
+            lambda db: db.execute(
+                "INSERT INTO partner_state (partner, key_statements, keys_updated_at) VALUES (?,?,?)"
+                " ON CONFLICT (partner) DO UPDATE SET key_statements = excluded.key_statements,"
+                " keys_updated_at = excluded.keys_updated_at",
+                (partner, text, now),
+            )
+        )
+
+    async def save_pull_cursor(self, partner: str, cursor: str) -> None:
+        await self._call(
+            lambda db: db.execute(
+                "INSERT INTO partner_state (partner, pull_cursor) VALUES (?,?)"
+                " ON CONFLICT (partner) DO UPDATE SET pull_cursor = excluded.pull_cursor",
+                (partner, cursor),
+            )
+        )
+
     # -- reads --------------------------------------------------------------
 
     async def _one(self, sql: str, params: Sequence[Any]) -> Any:
@@ -306,6 +394,93 @@ class SqliteStore:
         ).fetchall()
         return [SequenceGap(lock_id, first, last) for first, last in rows]
 
+    async def receipt_for(self, received_digest: bytes) -> bytes | None:
+        row = await self._one(
+            "SELECT r.jws FROM receipts_issued i JOIN records r ON r.message_id = i.receipt_message_id"
+            " WHERE i.received_digest = ?",
+            (received_digest,),
+        )
+        return None if row is None else bytes(row[0])
+
+    async def received(self, message_id: UUID) -> tuple[bytes, bytes] | None:
+        row = await self._one(
+            "SELECT v.payload_digest, r.jws FROM received v JOIN records r ON r.message_id = v.receipt_message_id"
+            " WHERE v.message_id = ?",
+            (str(message_id),),
+        )
+        return None if row is None else (bytes(row[0]), bytes(row[1]))
+
+    async def outbox_due(self, partner: str, limit: int) -> list[OutboxItem]:
+        rows = await (
+            await self._reader_db.execute(
+                f"SELECT {_OUTBOX_COLUMNS}, r.jws FROM outbox o JOIN records r ON r.message_id = o.message_id"
+                " WHERE o.partner = ? AND o.state = 'queued' ORDER BY o.id LIMIT ?",
+                (partner, limit),
+            )
+        ).fetchall()
+        return [_outbox_item(row, bytes(row[-1])) for row in rows]
+
+    async def outbox(self, partner: str | None, state: Delivery | None, after: int, limit: int) -> list[OutboxItem]:
+        where, params = ["o.id > ?"], [after]
+        if partner is not None:
+            where.append("o.partner = ?")
+            params.append(partner)
+        if state is not None:
+            where.append("o.state = ?")
+            params.append(state.value)
+        rows = await (
+            await self._reader_db.execute(
+                f"SELECT {_OUTBOX_COLUMNS} FROM outbox o JOIN records r ON r.message_id = o.message_id"
+                f" WHERE {' AND '.join(where)} ORDER BY o.id LIMIT ?",
+                (*params, limit),
+            )
+        ).fetchall()
+        return [_outbox_item(row) for row in rows]
+
+    async def outbox_counts(self) -> dict[tuple[str, Delivery], int]:
+        rows = await (
+            await self._reader_db.execute("SELECT partner, state, COUNT(*) FROM outbox GROUP BY partner, state")
+        ).fetchall()
+        return {(partner, Delivery(state)): count for partner, state, count in rows}
+
+    async def addressed_to(
+        self, partner: str, cursor: str | None, limit: int
+    ) -> tuple[list[AddressedRecord], str | None]:
+        after = 0
+        if cursor is not None:
+            if not cursor.isdigit() or len(cursor) > 18:
+                raise InvalidCursor(f"cursor {cursor[:40]!r} was not issued by this node")
+            after = int(cursor)
+        rows = await (
+            await self._reader_db.execute(
+                "SELECT o.id, r.jws FROM outbox o JOIN records r ON r.message_id = o.message_id"
+                " WHERE o.partner = ? AND o.id > ? ORDER BY o.id LIMIT ?",
+                (partner, after, limit + 1),
+            )
+        ).fetchall()
+        items = [AddressedRecord(str(row[0]), bytes(row[1])) for row in rows[:limit]]
+        return items, (items[-1].cursor if len(rows) > limit else None)
+
+    async def itineraries(self) -> list[Itinerary]:
+        rows = await (
+            await self._reader_db.execute("SELECT ref_type, ref_id, offices, containers, updated_at FROM itineraries")
+        ).fetchall()
+        return [
+            Itinerary(
+                ConsignmentReference(ConsignmentReferenceType(r[0]), r[1]), tuple(r[2].split()), tuple(r[3].split()),
+                _dt(r[4]),
+            )
+            for r in rows
+        ]
+
+    async def key_statements(self, partner: str) -> list[bytes]:
+        row = await self._one("SELECT key_statements FROM partner_state WHERE partner = ?", (partner,))
+        return [line.encode("ascii") for line in row[0].split("\n") if line] if row else []
+
+    async def pull_cursor(self, partner: str) -> str | None:
+        row = await self._one("SELECT pull_cursor FROM partner_state WHERE partner = ?", (partner,))
+        return row[0] if row else None
+
     async def ping(self) -> None:
         if self._closed or self._writer_task is None or self._writer_task.done():
             raise StoreClosed("the store's writer is not running")
@@ -353,7 +528,8 @@ def _apply_seal_events(
 
     outcomes: list[SealEventOutcome] = []
     accepted: dict[str, tuple[bytes, SealEventOutcome]] = {}
-    record_rows, event_rows, link_rows = [], [], []
+    records: list[SignedRecord] = []
+    event_rows, link_rows = [], []
     for w in writes:
         ev = w.event
         eid = str(ev.event_id)
@@ -378,7 +554,7 @@ def _apply_seal_events(
         outcome = SealEventOutcome(ev.event_id, WriteStatus.ACCEPTED, w.record.message_id, order)
         accepted[eid] = (w.content_hash, outcome)
         outcomes.append(outcome)
-        record_rows.append(_record_row(w.record, stored_at))
+        records.append(w.record)
         position = ev.location.position if ev.location else None
         event_rows.append(
             (
@@ -390,7 +566,7 @@ def _apply_seal_events(
             )
         )
         link_rows.extend((r.type.value, r.id, str(w.record.message_id)) for r in ev.consignment_refs)
-    _insert_records(db, record_rows)
+    _insert_records(db, records, stored_at, deliver=True)
     if event_rows:
         db.executemany(
             "INSERT INTO seal_events (event_id, content_hash, message_id, gateway_id, lock_id, lock_seq, seal_id,"
@@ -430,7 +606,8 @@ def _apply_control_results(db: sqlite3.Connection, writes: list[ControlResultWri
         )
     }
     outcomes: list[ControlResultOutcome] = []
-    record_rows, result_rows, link_rows = [], [], []
+    records: list[SignedRecord] = []
+    result_rows, link_rows = [], []
     for w in writes:
         cr = w.result
         if cr.control_id in existing:
@@ -442,7 +619,7 @@ def _apply_control_results(db: sqlite3.Connection, writes: list[ControlResultWri
             continue
         existing[cr.control_id] = (w.content_hash, w.record.message_id)
         outcomes.append(ControlResultOutcome(cr.control_id, WriteStatus.ACCEPTED, w.record.message_id))
-        record_rows.append(_record_row(w.record, stored_at))
+        records.append(w.record)
         result_rows.append(
             (
                 cr.control_id, w.content_hash, str(w.record.message_id), cr.office, cr.control_type.value,
@@ -450,7 +627,7 @@ def _apply_control_results(db: sqlite3.Connection, writes: list[ControlResultWri
             )
         )
         link_rows.extend((r.type.value, r.id, str(w.record.message_id)) for r in cr.consignment_refs)
-    _insert_records(db, record_rows)
+    _insert_records(db, records, stored_at, deliver=True)
     if result_rows:
         db.executemany(
             "INSERT INTO control_results (control_id, content_hash, message_id, office, control_type,"
@@ -488,6 +665,8 @@ def _open_writer(path: Path) -> sqlite3.Connection:
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = FULL")
         _migrate(db)
+        # A send the node did not live to see answered is sent again (the partner deduplicates).
+        db.execute("UPDATE outbox SET state = 'queued' WHERE state = 'in-flight'")
     except BaseException:
         db.close()
         raise
@@ -533,13 +712,109 @@ def _record_row(r: SignedRecord, stored_at: str) -> tuple[Any, ...]:
     )
 
 
-def _insert_records(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    if rows:
+def _insert_records(db: sqlite3.Connection, records: list[SignedRecord], stored_at: str, *, deliver: bool) -> None:
+    """Append records; with ``deliver``, queue each for every recipient (records this node made)."""
+    if not records:
+        return
+    db.executemany(
+        "INSERT INTO records (message_id, message_type, sender, recipients, prepared_at, kid, digest, jws,"
+        " stored_at) VALUES (?,?,?,?,?,?,?,?,?)",
+        [_record_row(r, stored_at) for r in records],
+    )
+    if deliver:
         db.executemany(
-            "INSERT INTO records (message_id, message_type, sender, recipients, prepared_at, kid, digest, jws,"
-            " stored_at) VALUES (?,?,?,?,?,?,?,?,?)",
-            rows,
+            "INSERT INTO outbox (partner, message_id, state) VALUES (?,?,'queued')",
+            [(partner, str(r.message_id)) for r in records for partner in r.recipients],
         )
+
+
+_OUTBOX_COLUMNS = (
+    "o.id, o.partner, o.message_id, r.message_type, o.state, o.attempts, o.last_attempt_at, o.last_error,"
+    " o.receipt_message_id, o.delivered_at"
+)
+
+
+def _outbox_item(row: Sequence[Any], jws: bytes = b"") -> OutboxItem:
+    return OutboxItem(
+        outbox_id=row[0], partner=row[1], message_id=UUID(row[2]), message_type=row[3], state=Delivery(row[4]),
+        attempts=row[5], last_attempt_at=_dt(row[6]) if row[6] else None, last_error=row[7],
+        receipt_message_id=UUID(row[8]) if row[8] else None, delivered_at=_dt(row[9]) if row[9] else None, jws=jws,
+    )
+
+
+def _settle(db: sqlite3.Connection, results: list[DeliveryResult]) -> None:
+    now = _ts(datetime.now(timezone.utc))
+    receipts = [r.receipt for r in results if r.receipt is not None]
+    known = {
+        row[0] for row in _select_in(db, "SELECT message_id FROM records WHERE message_id IN ({})",
+                                     [str(r.message_id) for r in receipts])
+    }
+    _insert_records(db, [r for r in receipts if str(r.message_id) not in known], now, deliver=False)
+    db.executemany(
+        "UPDATE outbox SET state = ?, last_error = ?, receipt_message_id = ?, delivered_at = ? WHERE id = ?",
+        [
+            (
+                r.state.value, r.error, str(r.receipt.message_id) if r.receipt else None,
+                now if r.state is Delivery.DELIVERED else None, r.outbox_id,
+            )
+            for r in results
+        ],
+    )
+
+
+def _apply_calls(db: sqlite3.Connection, calls: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
+    return [call(db) for call in calls]
+
+
+def _apply_received(db: sqlite3.Connection, payloads: list[list[ReceivedWrite]]) -> list[list[ReceivedOutcome]]:
+    """Store received messages with their receipts. Checked here, in the transaction, so that two copies
+    of one message arriving at once are stored once: the second gets the first's receipt."""
+    stored_at = _ts(datetime.now(timezone.utc))
+    outcomes: list[ReceivedOutcome] = []
+    for write in (w for payload in payloads for w in payload):
+        answered = db.execute(
+            "SELECT r.jws FROM receipts_issued i JOIN records r ON r.message_id = i.receipt_message_id"
+            " WHERE i.received_digest = ?",
+            (write.received_digest,),
+        ).fetchone()
+        if answered is not None:  # these exact bytes were answered before
+            outcomes.append(ReceivedOutcome(WriteStatus.DUPLICATE, bytes(answered[0])))
+            continue
+        if write.record is not None:
+            first = db.execute(
+                "SELECT v.payload_digest, r.jws FROM received v JOIN records r ON r.message_id = v.receipt_message_id"
+                " WHERE v.message_id = ?",
+                (str(write.record.message_id),),
+            ).fetchone()
+            if first is not None:
+                same = bytes(first[0]) == write.payload_digest
+                outcomes.append(
+                    ReceivedOutcome(WriteStatus.DUPLICATE, bytes(first[1]))
+                    if same
+                    else ReceivedOutcome(WriteStatus.KEY_CONFLICT, None)
+                )
+                continue
+            if db.execute("SELECT 1 FROM records WHERE message_id = ?", (str(write.record.message_id),)).fetchone():
+                outcomes.append(ReceivedOutcome(WriteStatus.KEY_CONFLICT, None))  # an ID this node holds already
+                continue
+            _insert_records(db, [write.record, write.receipt], stored_at, deliver=False)
+            db.execute(
+                "INSERT INTO received (message_id, partner, payload_digest, receipt_message_id, received_at)"
+                " VALUES (?,?,?,?,?)",
+                (str(write.record.message_id), write.partner, write.payload_digest, str(write.receipt.message_id),
+                 stored_at),
+            )
+            _insert_links(
+                db, [(ref.type.value, ref.id, str(write.record.message_id)) for ref in write.consignment_refs]
+            )
+        else:
+            _insert_records(db, [write.receipt], stored_at, deliver=False)
+        db.execute(
+            "INSERT INTO receipts_issued (received_digest, partner, receipt_message_id) VALUES (?,?,?)",
+            (write.received_digest, write.partner, str(write.receipt.message_id)),
+        )
+        outcomes.append(ReceivedOutcome(WriteStatus.ACCEPTED, write.receipt.jws))
+    return _split(outcomes, [len(p) for p in payloads])
 
 
 def _insert_links(db: sqlite3.Connection, rows: list[tuple[str, str, str]]) -> None:

@@ -14,11 +14,16 @@ import pytest
 from mrx.keys.jws import SigningKey, verify_compact
 from mrx.keys.keyring import KeyStore, KeyStoreError
 from mrx.node.inputs import SealEventIn
-from mrx.node.records import RecordSigner
+from mrx.node.records import RecordSigner, Unsigned
 from mrx.node.signing import InlineSigning, SigningPool
 from mrx.node.storage import SignedRecord
 from mrx.schemas.xml import XmlError
 from tests import factories
+
+
+def unsigned(bodies: list) -> list[Unsigned]:
+    return [Unsigned(body) for body in bodies]
+
 
 NOW = datetime(2026, 11, 22, 5, 0, tzinfo=timezone.utc)
 
@@ -41,7 +46,7 @@ async def pool(tmp_path: Path):
 async def test_concurrent_callers_get_their_own_verified_records(pool: SigningPool, tmp_path: Path) -> None:
     keyring = KeyStore.open(tmp_path / "keys").keyring()
     batches = [events(n, lock=f"LK-S-{n}") for n in (1, 3, 100, 1, 7)]
-    results = await asyncio.gather(*(pool.sign_all(batch) for batch in batches))
+    results = await asyncio.gather(*(pool.sign_all(unsigned(batch)) for batch in batches))
     for batch, outcomes in zip(batches, results, strict=True):
         assert len(outcomes) == len(batch)
         for body, outcome in zip(batch, outcomes, strict=True):
@@ -53,7 +58,7 @@ async def test_concurrent_callers_get_their_own_verified_records(pool: SigningPo
 async def test_a_record_that_fails_the_xsd_fails_alone(pool: SigningPool) -> None:
     good = events(3)
     bad = replace(good[1], seal_id="x" * 40)  # longer than the XSD allows
-    outcomes = await pool.sign_all([good[0], bad, good[2]])
+    outcomes = await pool.sign_all(unsigned([good[0], bad, good[2]]))
     assert isinstance(outcomes[0], SignedRecord) and isinstance(outcomes[2], SignedRecord)
     assert isinstance(outcomes[1], XmlError) and outcomes[1].code == "xml-schema-invalid"
 
@@ -61,17 +66,17 @@ async def test_a_record_that_fails_the_xsd_fails_alone(pool: SigningPool) -> Non
 async def test_a_revoked_active_key_fails_closed_in_the_workers(pool: SigningPool, tmp_path: Path) -> None:
     store = KeyStore.open(tmp_path / "keys")
     store.revoke(store.signing_key.kid)
-    outcomes = await pool.sign_all(events(2))
+    outcomes = await pool.sign_all(unsigned(events(2)))
     assert all(isinstance(o, KeyStoreError) for o in outcomes)
 
 
 async def test_a_killed_worker_fails_only_its_batch_and_the_pool_recovers(pool: SigningPool) -> None:
-    assert isinstance((await pool.sign_all(events(1)))[0], SignedRecord)
+    assert isinstance((await pool.sign_all(unsigned(events(1))))[0], SignedRecord)
     for pid in list(pool._pool._processes):  # type: ignore[union-attr]
         os.kill(pid, signal.SIGKILL)
-    failed = await pool.sign_all(events(2))
+    failed = await pool.sign_all(unsigned(events(2)))
     assert all(isinstance(o, Exception) for o in failed)
-    recovered = await pool.sign_all(events(2))
+    recovered = await pool.sign_all(unsigned(events(2)))
     assert all(isinstance(o, SignedRecord) for o in recovered)
 
 
@@ -86,9 +91,9 @@ async def test_small_batches_are_signed_on_the_loop_and_large_ones_in_a_worker(t
     signing = SigningPool(RecordSigner("CN-AKL", key), tmp_path / "keys", workers=1, inline_below=8)
     await signing.start()
     try:
-        small = await signing.sign_all(events(3))
+        small = await signing.sign_all(unsigned(events(3)))
         assert len(inline_calls) == 1  # signed here, with the inline signer's key
-        large = await signing.sign_all(events(20, lock="LK-L"))
+        large = await signing.sign_all(unsigned(events(20, lock="LK-L")))
         assert len(inline_calls) == 1  # the worker asked its own key store
         assert all(isinstance(o, SignedRecord) for o in small + large)
     finally:
@@ -98,7 +103,7 @@ async def test_small_batches_are_signed_on_the_loop_and_large_ones_in_a_worker(t
 async def test_inline_signing_makes_the_same_kind_of_record(tmp_path: Path) -> None:
     store = KeyStore.create(tmp_path / "keys")
     inline = InlineSigning(RecordSigner("CN-AKL", lambda: store.signing_key))
-    (record,) = await inline.sign_all(events(1))
+    (record,) = await inline.sign_all(unsigned(events(1)))
     assert isinstance(record, SignedRecord) and record.kid == store.signing_key.kid
 
 

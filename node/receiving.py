@@ -1,0 +1,244 @@
+"""Receiving records from partners, and answering each with a signed receipt.
+
+A partner's request has already been authenticated (`mrx.node.partners`):
+we know which partner is calling. Each message of the batch is then taken
+**in order** through these steps; the first that fails decides:
+
+1. the exact bytes were answered before → that receipt again (``duplicate``);
+2. `mrx.node.records.verify_record` against the partners' trusted keys: JWS
+   profile and signature, XML hardening and XSD, ``typ``, the header's sender
+   owns the key, the key was valid when the record was prepared. A key this
+   node does not know yet triggers one key refresh for the partner; if it is
+   still unknown the message is ``deferred`` (no receipt: the sender retries
+   later) — and so is every message after it in the batch, so that a
+   partner's records are stored in the order it sent them;
+3. the header's sender is the calling partner (``exchange-sender-mismatch``:
+   there is no relaying — a record comes from the node that made it);
+4. this node is among the header's recipients (``exchange-not-addressed``);
+5. the message ID was received before: the same payload (another
+   encoding of one ES256 signature, say) is a ``duplicate`` and gets the
+   original receipt; a different payload is ``exchange-message-id-conflict``.
+
+Accepted messages are stored as the exact bytes received, together with a
+positive `Receipt`; a refused message is not stored, but the negative
+receipt is, under the digest of the bytes it answers, with the refusal's
+stable code and detail. Every receipt is a signed record of this node
+addressed to the partner, whose ``CorrelationID`` is the received message's
+ID, and whose ``ReceivedDigestID`` is the SHA-256 of the JWS received. The
+store re-checks 1 and 5 inside its transaction, so two copies racing in are
+stored once.
+
+Records pulled from a partner (catch-up, `mrx.node.sending.Puller`) take
+the same path; only the receipts are not sent back, since the partner's own
+outbox will fetch them with its next push.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from uuid import UUID
+
+from mrx.keys.jws import JwsError, parse_compact
+from mrx.schemas import xml
+from mrx.schemas.codec import peek_message_id
+from mrx.schemas.codes import ReceiptStatus
+from mrx.schemas.messages import ControlResult, Receipt, ReceiptError, SealEvent
+from mrx.schemas.xml import XmlError
+
+from .metrics import NodeMetrics
+from .partners import Partners
+from .problems import Problem
+from .records import RecordError, Unsigned, VerifiedRecord, verify_record
+from .signing import Signing
+from .storage import ReceivedWrite, SignedRecord, Store, WriteStatus
+
+log = logging.getLogger(__name__)
+
+_NOT_XML_TEXT = re.compile(r"[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+@dataclass(frozen=True, slots=True)
+class MessageResult:
+    """What became of one received message."""
+
+    index: int
+    digest: bytes  # SHA-256 of the JWS as received
+    status: str  # "accepted" | "duplicate" | "rejected" | "deferred"
+    message_id: UUID | None = None
+    receipt: bytes | None = None  # the signed Receipt (none when deferred)
+    problem: Problem | None = None
+
+
+@dataclass(slots=True)
+class _Pending:
+    index: int
+    token: bytes
+    digest: bytes
+    verified: VerifiedRecord | None = None
+    problem: Problem | None = None
+
+
+class Receiver:
+    def __init__(
+        self, node_id: str, partners: Partners, store: Store, signing: Signing, metrics: NodeMetrics,
+        *, max_xml_bytes: int,
+    ) -> None:
+        self._node_id = node_id
+        self._partners = partners
+        self._store = store
+        self._signing = signing
+        self._metrics = metrics
+        self._max_xml_bytes = max_xml_bytes
+
+    async def receive(self, partner: str, tokens: list[bytes]) -> list[MessageResult]:
+        results: list[MessageResult | None] = [None] * len(tokens)
+        pending: list[_Pending] = []
+        deferring: Problem | None = None
+        for index, token in enumerate(tokens):
+            digest = hashlib.sha256(token).digest()
+            if deferring is not None:
+                results[index] = MessageResult(index, digest, "deferred", problem=deferring)
+                continue
+            answered = await self._store.receipt_for(digest)
+            if answered is not None:
+                results[index] = MessageResult(index, digest, "duplicate", _message_id(token), answered)
+                continue
+            item = _Pending(index, token, digest)
+            try:
+                item.verified = await self._verify(partner, token)
+                item.problem = await self._refusal(partner, item.verified)
+            except Problem as problem:
+                if problem.code == "jws-unknown-kid":  # perhaps a key not announced to us yet: try later
+                    deferring = problem
+                    results[index] = MessageResult(index, digest, "deferred", problem=problem)
+                    continue
+                item.problem = problem
+            if item.problem is None and item.verified is not None:
+                first = await self._store.received(item.verified.record.message_id)
+                if first is not None:
+                    if first[0] == _payload_digest(token):
+                        results[index] = MessageResult(
+                            index, digest, "duplicate", item.verified.record.message_id, first[1]
+                        )
+                        continue
+                    item.problem = _conflict(item.verified.record.message_id)
+            pending.append(item)
+
+        for item, outcome in zip(pending, await self._answer(partner, pending), strict=True):
+            results[item.index] = outcome
+        done = [r for r in results if r is not None]
+        for result in done:
+            self._metrics.exchange_received.labels(partner, result.status).inc()
+        return done
+
+    async def _verify(self, partner: str, token: bytes) -> VerifiedRecord:
+        for attempt in (1, 2):
+            try:
+                return verify_record(token, self._partners.lookup, max_xml_bytes=self._max_xml_bytes)
+            except JwsError as exc:
+                if exc.code == "jws-unknown-kid" and attempt == 1 and await self._partners.refresh_if_due(partner):
+                    continue
+                raise Problem(str(exc.code), exc.detail) from None
+            except (XmlError, RecordError) as exc:
+                raise Problem(str(exc.code), exc.detail) from None
+        raise AssertionError("unreachable")
+
+    async def _refusal(self, partner: str, verified: VerifiedRecord) -> Problem | None:
+        header = verified.message.header
+        if header.sender != partner:
+            return Problem(
+                "exchange-sender-mismatch",
+                f"the record was made by {header.sender} but sent by {partner}; a node sends only its own records",
+            )
+        if self._node_id not in header.recipients:
+            addressed = ", ".join(header.recipients) or "no one"
+            return Problem(
+                "exchange-not-addressed", f"the record is addressed to {addressed}, not to {self._node_id}"
+            )
+        return None
+
+    async def _answer(self, partner: str, items: list[_Pending]) -> list[MessageResult]:
+        """Sign a receipt for each item and store it, with the record where accepted."""
+        if not items:
+            return []
+        now = datetime.now(timezone.utc)
+        unsigned = [
+            Unsigned(
+                _receipt(item, now),
+                recipients=(partner,),
+                correlation_id=item.verified.record.message_id if item.verified else _message_id(item.token),
+            )
+            for item in items
+        ]
+        signed = await self._signing.sign_all(unsigned)
+        writes: list[ReceivedWrite] = []
+        for item, receipt in zip(items, signed, strict=True):
+            if isinstance(receipt, Exception):
+                raise Problem("unavailable", f"this node cannot sign receipts just now ({receipt}); retry later")
+            writes.append(_write(partner, item, receipt))
+        outcomes = await self._store.store_received(writes)
+        results = []
+        for item, outcome in zip(items, outcomes, strict=True):
+            message_id = item.verified.record.message_id if item.verified else _message_id(item.token)
+            if outcome.status is WriteStatus.KEY_CONFLICT:  # lost a race to a different message with this ID
+                results.append(MessageResult(item.index, item.digest, "deferred", message_id, None,
+                                             _conflict(message_id)))
+            elif outcome.status is WriteStatus.DUPLICATE:
+                results.append(MessageResult(item.index, item.digest, "duplicate", message_id, outcome.receipt_jws))
+            else:
+                status = "rejected" if item.problem is not None else "accepted"
+                results.append(
+                    MessageResult(item.index, item.digest, status, message_id, outcome.receipt_jws, item.problem)
+                )
+        return results
+
+
+def _receipt(item: _Pending, now: datetime) -> Receipt:
+    message_id = item.verified.record.message_id if item.verified else _message_id(item.token)
+    if item.problem is None:
+        return Receipt(message_id, item.digest, ReceiptStatus.ACCEPTED, now)
+    error = ReceiptError(item.problem.code, _text(item.problem.detail))
+    return Receipt(message_id, item.digest, ReceiptStatus.REJECTED, now, (error,))
+
+
+def _write(partner: str, item: _Pending, receipt: SignedRecord) -> ReceivedWrite:
+    if item.problem is not None or item.verified is None:
+        return ReceivedWrite(partner, item.digest, receipt)
+    body = item.verified.message.body
+    refs = body.consignment_refs if isinstance(body, (ControlResult, SealEvent)) else ()
+    return ReceivedWrite(
+        partner, item.digest, receipt, item.verified.record, _payload_digest(item.token), tuple(refs)
+    )
+
+
+def _conflict(message_id: UUID) -> Problem:
+    return Problem(
+        "exchange-message-id-conflict",
+        f"a different message with ID {message_id} was received before; a message ID names one message",
+    )
+
+
+def _payload_digest(token: bytes) -> bytes:
+    """Names the message, whatever the signature's encoding: the payload segment is canonical base64url."""
+    return hashlib.sha256(token.split(b".")[1]).digest()
+
+
+def _message_id(token: bytes) -> UUID | None:
+    """The message ID of a token that could not be verified, if it is legible; else None.
+
+    Only through the hardened parser: the bytes are hostile until verified."""
+    try:
+        payload = parse_compact(token, max_bytes=len(token) + 1).payload
+        return peek_message_id(xml.parse(payload))
+    except (JwsError, XmlError):
+        return None
+
+
+def _text(detail: str) -> str:
+    """A receipt's Description: XML text of at most 512 characters."""
+    clean = _NOT_XML_TEXT.sub("?", detail)
+    return clean if len(clean) <= 512 else clean[:509] + "..."

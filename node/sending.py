@@ -1,0 +1,418 @@
+"""Sending records to partners: a durable outbox per partner, and catch-up pulls.
+
+Outbox. Every record addressed to partners is queued for each of them in
+the transaction that stores it (`mrx.node.storage`). One `Sender` task per
+partner drains that partner's queue in outbox order — which is the order the
+records were made, so per consignment too — with **one request in flight**
+at a time: a batch of up to ``[exchange] batch_size`` compact JWS, signed as
+a request (`mrx.node.partners.sign_request`), to the partner's
+``POST /v1/exchange/messages``. The rows are marked ``in-flight`` before the
+request and settled after it, from the partner's answer:
+
+- a verified positive receipt (new or a repeat's original) → ``delivered``,
+  the receipt kept as a record: the evidence of delivery;
+- a verified negative receipt → ``failed`` with its code and detail, and left
+  for an operator (``mrx outbox list``, ``mrx outbox retry``); never retried
+  by itself, since the partner will refuse the same bytes the same way;
+- ``deferred``, no receipt, a receipt that does not verify or does not
+  answer the bytes sent, a transport error, a timeout, a 5xx or a refusal of
+  the request as a whole → ``queued`` again, with the reason, and the
+  partner's backoff grows.
+
+Backoff is per partner, not per message — a partner is down or it is not:
+``retry_min_seconds`` doubling to ``retry_max_seconds`` (capped: minutes, not
+hours), with full jitter in the upper half so that nodes restarted together do
+not retry in step. It ends at once when the partner shows it is alive: any
+request it signs to this node (`Deliveries.contact`) wakes its sender. This
+avoids the two failures federations are known for: a recovered server left
+unreached for hours, and a queue that moves only when a new message is
+queued behind it. The sweep job also wakes every sender whose backoff has
+passed, so rows queued by another process (``mrx outbox retry``) move too.
+
+A node killed mid-batch finds those rows ``in-flight`` at its next start and
+queues them again; the partner answers the repeats with their original
+receipts, so each record is stored there once.
+
+Catch-up (`Puller`). When this node (re)starts, and every ``pull_seconds``,
+it asks each partner for what is addressed to it since its stored cursor
+(``GET /v1/exchange/partners/{self}/messages``), page by page, and takes each
+page through the normal receiving path. A node that was down gets its backlog
+the moment it is back, without waiting for the partners' backoff; the cursor
+advances only past messages that were stored or answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import random
+import time
+from urllib.parse import urlencode
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from mrx.keys import strictjson
+from mrx.keys.jws import JwsError, SigningKey
+from mrx.schemas.codes import ReceiptStatus
+from mrx.schemas.messages import Receipt
+from mrx.schemas.xml import XmlError
+
+from .config import Exchange, Partner
+from .metrics import NodeMetrics
+from .partners import Partners, read_capped, sign_request
+from .receiving import Receiver
+from .records import RecordError, VerifiedRecord, verify_record
+from .storage import Delivery, DeliveryResult, OutboxItem, Store
+
+log = logging.getLogger(__name__)
+
+EXCHANGE_PATH = "/v1/exchange/messages"
+MAX_RESPONSE_BYTES = 64 * 1_048_576
+MAX_BATCH_BYTES = 768 * 1024  # under a partner's default 1 MiB body limit
+
+
+def pull_path(node_id: str) -> str:
+    return f"/v1/exchange/partners/{node_id}/messages"
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: str
+    receipt: bytes | None
+    problem: str | None
+
+
+class Sender:
+    """Delivers one partner's outbox; see the module docstring."""
+
+    def __init__(
+        self,
+        node_id: str,
+        partner: Partner,
+        store: Store,
+        partners: Partners,
+        key: Callable[[], SigningKey],
+        session: aiohttp.ClientSession,
+        settings: Exchange,
+        metrics: NodeMetrics,
+        *,
+        max_xml_bytes: int,
+    ) -> None:
+        self._node_id = node_id
+        self.partner = partner
+        self._store = store
+        self._partners = partners
+        self._key = key
+        self._session = session
+        self._settings = settings
+        self._metrics = metrics
+        self._max_xml_bytes = max_xml_bytes
+        self._wake = asyncio.Event()
+        self._failures = 0
+        self._retry_at = 0.0  # monotonic; 0: not backing off
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"mrx-sender-{self.partner.node_id}")
+        self._wake.set()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def wake(self, *, reset: bool = False) -> None:
+        """Look at the queue now; with ``reset``, forget the backoff (the partner is alive)."""
+        if reset and self._failures:
+            log.info("partner %s is reachable again; sending its queue now", self.partner.node_id)
+            self._failures, self._retry_at = 0, 0.0
+            self._metrics.partner_backoff.labels(self.partner.node_id).set(0)
+        if time.monotonic() >= self._retry_at:
+            self._wake.set()
+
+    @property
+    def backing_off(self) -> bool:
+        return time.monotonic() < self._retry_at
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self.backing_off:
+                continue
+            try:
+                more = await self._send_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug: log it, back off, never die silently
+                log.exception("sending to %s failed unexpectedly", self.partner.node_id)
+                self._back_off()
+                continue
+            if more:
+                self._wake.set()
+
+    async def _send_once(self) -> bool:
+        """Send one batch; True if the queue may hold more to send now."""
+        items = await self._store.outbox_due(self.partner.node_id, self._settings.batch_size)
+        if not items:
+            return False
+        items = _within_bytes(items, MAX_BATCH_BYTES)
+        await self._store.mark_in_flight([i.outbox_id for i in items])
+        try:
+            return await self._deliver(items)
+        except BaseException as exc:  # a bug or a stop: the rows go back to the queue, not stuck in flight
+            reason = "interrupted" if isinstance(exc, asyncio.CancelledError) else f"internal-error: {exc!r}"
+            await asyncio.shield(
+                self._store.settle_deliveries([DeliveryResult(i.outbox_id, Delivery.QUEUED, reason) for i in items])
+            )
+            raise
+
+    async def _deliver(self, items: list[OutboxItem]) -> bool:
+        started = time.perf_counter()
+        try:
+            answers = await self._post(items)
+        except _RequestFailed as failure:
+            await self._store.settle_deliveries(
+                [DeliveryResult(i.outbox_id, Delivery.QUEUED, failure.reason) for i in items]
+            )
+            self._metrics.exchange_sent.labels(self.partner.node_id, "retry").inc(len(items))
+            log.warning("could not deliver %d records to %s: %s", len(items), self.partner.node_id, failure.reason)
+            self._back_off()
+            return False
+        self._metrics.exchange_batch_seconds.observe(time.perf_counter() - started)
+        results = [await self._settle(item, answer) for item, answer in zip(items, answers, strict=True)]
+        await self._store.settle_deliveries(results)
+        for state in (Delivery.DELIVERED, Delivery.FAILED, Delivery.QUEUED):
+            if n := sum(1 for r in results if r.state is state):
+                self._metrics.exchange_sent.labels(self.partner.node_id, _OUTCOME[state]).inc(n)
+        if any(r.state is Delivery.QUEUED for r in results):
+            self._back_off()
+            return False
+        self._failures, self._retry_at = 0, 0.0
+        self._metrics.partner_backoff.labels(self.partner.node_id).set(0)
+        return True  # look again: more may be queued
+
+    def _back_off(self) -> None:
+        self._failures += 1
+        ceiling = min(self._settings.retry_max_seconds, self._settings.retry_min_seconds * 2 ** (self._failures - 1))
+        delay = ceiling * random.uniform(0.5, 1.0)
+        self._retry_at = time.monotonic() + delay
+        self._metrics.partner_backoff.labels(self.partner.node_id).set(delay)
+        asyncio.get_running_loop().call_later(delay, self._wake.set)
+
+    async def _post(self, items: list[OutboxItem]) -> list[_Answer]:
+        body = json.dumps({"messages": [i.jws.decode("ascii") for i in items]}, separators=(",", ":")).encode()
+        auth = sign_request(self._key(), self._node_id, self.partner.node_id, "POST", EXCHANGE_PATH, body)
+        url = self.partner.base_url + EXCHANGE_PATH
+        try:
+            async with self._session.post(
+                url, data=body, headers={"Authorization": auth, "Content-Type": "application/json"},
+                timeout=aiohttp.ClientTimeout(total=self._settings.request_timeout_seconds),
+            ) as response:
+                raw = await read_capped(response, MAX_RESPONSE_BYTES)
+                status = response.status
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            raise _RequestFailed(f"unreachable: {type(exc).__name__}: {exc}") from None
+        if status != 200:
+            raise _RequestFailed(f"http-{status}: {_problem_text(raw)}")
+        try:
+            doc = strictjson.loads(raw)
+            results = doc["results"]
+            if not isinstance(results, list) or len(results) != len(items):
+                raise ValueError("not one result per message")
+            return [_answer(r) for r in results]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise _RequestFailed(f"bad-response: the partner's answer is not an exchange result ({exc})") from None
+
+    async def _settle(self, item: OutboxItem, answer: _Answer) -> DeliveryResult:
+        if answer.status == "deferred" or answer.receipt is None:
+            return DeliveryResult(item.outbox_id, Delivery.QUEUED, f"deferred: {answer.problem or 'no receipt'}")
+        try:
+            verified = await self._verify_receipt(answer.receipt)
+        except _ReceiptInvalid as exc:
+            log.error("partner %s answered record %s with an invalid receipt: %s", self.partner.node_id,
+                      item.message_id, exc)
+            return DeliveryResult(item.outbox_id, Delivery.QUEUED, f"receipt-invalid: {exc}")
+        receipt = verified.message.body
+        assert isinstance(receipt, Receipt)
+        if receipt.received_digest != hashlib.sha256(item.jws).digest() or receipt.received_message_id != item.message_id:
+            return DeliveryResult(
+                item.outbox_id, Delivery.QUEUED, "receipt-invalid: the receipt answers other bytes than those sent"
+            )
+        if receipt.status is ReceiptStatus.ACCEPTED:
+            return DeliveryResult(item.outbox_id, Delivery.DELIVERED, None, verified.record)
+        reason = "; ".join(f"{e.code}: {e.description}" for e in receipt.errors) or "rejected without a reason"
+        log.error("partner %s rejected record %s: %s", self.partner.node_id, item.message_id, reason)
+        return DeliveryResult(item.outbox_id, Delivery.FAILED, reason, verified.record)
+
+    async def _verify_receipt(self, token: bytes) -> VerifiedRecord:
+        for attempt in (1, 2):
+            try:
+                verified = verify_record(token, self._partners.lookup, max_xml_bytes=self._max_xml_bytes)
+            except JwsError as exc:
+                if exc.code == "jws-unknown-kid" and attempt == 1 and await self._partners.refresh_if_due(
+                    self.partner.node_id
+                ):
+                    continue
+                raise _ReceiptInvalid(f"{exc.code}: {exc.detail}") from None
+            except (XmlError, RecordError) as exc:
+                raise _ReceiptInvalid(f"{exc.code}: {exc.detail}") from None
+            header = verified.message.header
+            if header.sender != self.partner.node_id or not isinstance(verified.message.body, Receipt):
+                raise _ReceiptInvalid(f"it is a {header.message_type} from {header.sender}, not a Receipt from the partner")
+            if self._node_id not in header.recipients:
+                raise _ReceiptInvalid("it is not addressed to this node")
+            return verified
+        raise AssertionError("unreachable")
+
+
+def _within_bytes(items: list[OutboxItem], limit: int) -> list[OutboxItem]:
+    """The longest prefix whose request body stays under ``limit`` (at least one item)."""
+    total = 0
+    for n, item in enumerate(items):
+        total += len(item.jws) + 3
+        if total > limit and n > 0:
+            return items[:n]
+    return items
+
+
+_OUTCOME = {Delivery.DELIVERED: "delivered", Delivery.FAILED: "failed", Delivery.QUEUED: "retry"}
+
+
+class _RequestFailed(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason[:500]
+
+
+class _ReceiptInvalid(Exception):
+    pass
+
+
+def _answer(result: Any) -> _Answer:
+    if not isinstance(result, dict) or not isinstance(result.get("status"), str):
+        raise ValueError("a result without a status")
+    receipt = result.get("receipt")
+    if receipt is not None and not (isinstance(receipt, str) and receipt.isascii()):
+        raise ValueError("a receipt that is not a compact JWS")
+    problem = result.get("problem")
+    code = problem.get("code") if isinstance(problem, dict) else None
+    return _Answer(result["status"], receipt.encode("ascii") if receipt else None, str(code) if code else None)
+
+
+def _problem_text(raw: bytes) -> str:
+    try:
+        doc = json.loads(raw)
+        return f"{doc.get('code')}: {doc.get('detail')}"
+    except (ValueError, AttributeError):
+        return raw[:200].decode("utf-8", "replace")
+
+
+class Deliveries:
+    """The senders of all partners, and the catch-up puller."""
+
+    def __init__(self, senders: list[Sender], puller: Puller) -> None:
+        self._senders = {s.partner.node_id: s for s in senders}
+        self.puller = puller
+
+    def start(self) -> None:
+        for sender in self._senders.values():
+            sender.start()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(s.close() for s in self._senders.values()))
+
+    def contact(self, partner: str) -> None:
+        """The partner just signed a request to us: it is alive, so its queue moves now."""
+        sender = self._senders.get(partner)
+        if sender is not None:
+            sender.wake(reset=True)
+
+    def sweep(self) -> None:
+        for sender in self._senders.values():
+            sender.wake()
+
+
+class Puller:
+    """Catch-up: fetch what partners hold for this node since the stored cursor."""
+
+    def __init__(
+        self, node_id: str, partners: Partners, store: Store, receiver: Receiver, key: Callable[[], SigningKey],
+        session: aiohttp.ClientSession, settings: Exchange, metrics: NodeMetrics,
+    ) -> None:
+        self._node_id = node_id
+        self._partners = partners
+        self._store = store
+        self._receiver = receiver
+        self._key = key
+        self._session = session
+        self._settings = settings
+        self._metrics = metrics
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def pull_all(self) -> int:
+        partners = list(self._partners)
+        counts = await asyncio.gather(*(self.pull(p) for p in partners), return_exceptions=True)
+        for partner, outcome in zip(partners, counts, strict=True):
+            if isinstance(outcome, BaseException):
+                log.error("catch-up from %s failed: %r", partner.node_id, outcome)
+        return sum(c for c in counts if isinstance(c, int))
+
+    async def pull(self, partner: Partner) -> int:
+        """Pull one partner's backlog for this node; returns how many messages were taken in."""
+        lock = self._locks.setdefault(partner.node_id, asyncio.Lock())
+        async with lock:
+            taken = 0
+            cursor = await self._store.pull_cursor(partner.node_id)
+            while True:
+                page = await self._page(partner, cursor)
+                if page is None:
+                    return taken
+                tokens, after, more = page
+                results = await self._receiver.receive(partner.node_id, tokens) if tokens else []
+                taken += sum(1 for r in results if r.status == "accepted")
+                self._metrics.exchange_pulled.labels(partner.node_id).inc(len(tokens))
+                if any(r.status == "deferred" for r in results):
+                    return taken  # keep the cursor: these come again, in order
+                if after is not None and after != cursor:
+                    cursor = after
+                    await self._store.save_pull_cursor(partner.node_id, cursor)
+                if not more:
+                    return taken
+
+    async def _page(self, partner: Partner, cursor: str | None) -> tuple[list[bytes], str | None, bool] | None:
+        path = pull_path(self._node_id) + f"?limit={self._settings.batch_size}"
+        if cursor is not None:
+            path += "&" + urlencode({"cursor": cursor})
+        auth = sign_request(self._key(), self._node_id, partner.node_id, "GET", path, b"")
+        try:
+            async with self._session.get(
+                partner.base_url + path, headers={"Authorization": auth},
+                timeout=aiohttp.ClientTimeout(total=self._settings.request_timeout_seconds),
+            ) as response:
+                raw = await read_capped(response, MAX_RESPONSE_BYTES)
+                status = response.status
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            log.info("catch-up from %s: unreachable (%s)", partner.node_id, exc)
+            return None
+        if status != 200:
+            log.warning("catch-up from %s: http-%d: %s", partner.node_id, status, _problem_text(raw))
+            return None
+        try:
+            doc = strictjson.loads(raw)
+            messages = doc["messages"]
+            if not isinstance(messages, list) or not all(isinstance(m, str) and m.isascii() for m in messages):
+                raise ValueError("messages is not a list of compact JWS")
+            after, more = doc["cursor"], doc["more"]
+            if not (after is None or (isinstance(after, str) and 0 < len(after) <= 64)) or not isinstance(more, bool):
+                raise ValueError("cursor is not an opaque string or more is not a boolean")
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("catch-up from %s: not an exchange page (%s)", partner.node_id, exc)
+            return None
+        return [m.encode("ascii") for m in messages], after, more
+
