@@ -319,3 +319,18 @@ def test_catch_up_serves_only_the_callers_records(setup: Setup) -> None:
     assert status == 200 and page["messages"] == [bytes(for_dostyk).decode()] and page["more"] is False
     status, page = pull(f"/v1/exchange/partners/KZ-DOS/messages?cursor={page['cursor']}")
     assert status == 200 and page["messages"] == [] and page["more"] is False
+
+
+def test_an_oversized_or_malformed_batch_is_refused_whole(setup: Setup) -> None:
+    huge = b'{"messages":["' + b"a" * (1_048_576 + 1) + b'"]}'
+    status, problem = _post(setup, huge, sign_request(setup.dos.key, "KZ-DOS", "CN-AKL", "POST", EXCHANGE, huge))
+    assert (status, problem["code"]) == (413, "body-too-large")
+    for body, code in ((b'{"messages": [', "invalid-json"), (b'{"messages": []}', "validation-failed"),
+                       (b'{"messages": ["a"], "messages": ["b"]}', "duplicate-json-key")):
+        status, problem = _post(setup, body, sign_request(setup.dos.key, "KZ-DOS", "CN-AKL", "POST", EXCHANGE, body))
+        assert problem["code"] == code, (body, problem)
+    before = Db(setup.node).value("SELECT COUNT(*) FROM records")
+    many = json.dumps({"messages": ["x"] * 1001}).encode()
+    status, problem = _post(setup, many, sign_request(setup.dos.key, "KZ-DOS", "CN-AKL", "POST", EXCHANGE, many))
+    assert (status, problem["code"]) == (413, "batch-too-large")
+    assert Db(setup.node).value("SELECT COUNT(*) FROM records") == before
