@@ -62,7 +62,8 @@ class NodeMetrics:
             buckets=_LATENCY_BUCKETS, registry=r,
         )
         self.outbox_messages = Gauge(
-            "mrx_outbox_messages", "Outbox rows by partner and state (at the last sweep)", ["partner", "state"],
+            "mrx_outbox_messages", "Outbox rows not delivered yet, by partner and state (queued, in-flight, failed)",
+            ["partner", "state"],
             registry=r,
         )
         self.partner_backoff = Gauge(

@@ -44,7 +44,6 @@ from .records import RecordSigner
 from .routing import PartnerOffices, Router
 from .sending import Deliveries, Puller, Sender
 from .signing import InlineSigning, Signing, SigningPool
-from .storage import Delivery
 from .storage.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
@@ -122,12 +121,9 @@ class Node:
 
         async def sweep() -> None:
             deliveries.sweep()
-            counts = await store.outbox_counts()
-            for partner in config.partners:
-                for state in Delivery:
-                    self.metrics.outbox_messages.labels(partner.node_id, state.value).set(
-                        counts.get((partner.node_id, state), 0)
-                    )
+            counts = await store.outbox_counts([p.node_id for p in config.partners])
+            for (partner, state), count in counts.items():
+                self.metrics.outbox_messages.labels(partner, state.value).set(count)
 
         async def prune() -> None:
             now = datetime.now(timezone.utc)

@@ -437,11 +437,15 @@ class SqliteStore:
         ).fetchall()
         return [_outbox_item(row) for row in rows]
 
-    async def outbox_counts(self) -> dict[tuple[str, Delivery], int]:
-        rows = await (
-            await self._reader_db.execute("SELECT partner, state, COUNT(*) FROM outbox GROUP BY partner, state")
-        ).fetchall()
-        return {(partner, Delivery(state)): count for partner, state, count in rows}
+    async def outbox_counts(self, partners: list[str]) -> dict[tuple[str, Delivery], int]:
+        counts = {}
+        for partner in partners:
+            for state in (Delivery.QUEUED, Delivery.IN_FLIGHT, Delivery.FAILED):
+                row = await self._one(
+                    "SELECT COUNT(*) FROM outbox WHERE partner = ? AND state = ?", (partner, state.value)
+                )
+                counts[(partner, state)] = row[0]
+        return counts
 
     async def addressed_to(
         self, partner: str, cursor: str | None, limit: int

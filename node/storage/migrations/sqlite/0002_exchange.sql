@@ -15,7 +15,9 @@ CREATE TABLE outbox (
     delivered_at       TEXT,
     UNIQUE (partner, message_id)
 );
-CREATE INDEX outbox_pending ON outbox (partner, state, id);
+CREATE INDEX outbox_pending ON outbox (partner, state, id);   -- the queue, and counts per state
+CREATE INDEX outbox_partner ON outbox (partner, id);          -- catch-up, in send order
+CREATE INDEX outbox_delivered ON outbox (delivered_at) WHERE state = 'delivered';  -- pruning
 
 -- Records received from partners, and the receipt this node answered with.
 -- `payload_digest` tells a repeat (same payload, maybe another ES256
