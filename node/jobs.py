@@ -17,6 +17,7 @@ run missed while the previous one was still going is skipped, not queued up.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -52,6 +53,9 @@ class Jobs:
             started = time.perf_counter()
             try:
                 await job()
+            except asyncio.CancelledError:  # the node is stopping
+                self._metrics.job_runs.labels(name, "cancelled").inc()
+                return
             except Exception:
                 log.exception("background job %s failed", name)
                 self._metrics.job_runs.labels(name, "error").inc()
