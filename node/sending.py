@@ -26,8 +26,10 @@ not retry in step. It ends at once when the partner shows it is alive: any
 request it signs to this node (`Deliveries.contact`) wakes its sender. This
 avoids the two failures federations are known for: a recovered server left
 unreached for hours, and a queue that moves only when a new message is
-queued behind it. The sweep job also wakes every sender whose backoff has
-passed, so rows queued by another process (``mrx outbox retry``) move too.
+queued behind it. A commit that queues records wakes their partners' senders
+at once (`Deliveries.queued`, from the store's ``on_queued``); the sweep job
+also wakes every sender whose backoff has passed, so rows queued by another
+process (``mrx outbox retry``) move too.
 
 A node killed mid-batch finds those rows ``in-flight`` at its next start and
 queues them again; the partner answers the repeats with their original
@@ -50,7 +52,7 @@ import logging
 import random
 import time
 from urllib.parse import urlencode
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,13 +128,17 @@ class Sender:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    def wake(self, *, reset: bool = False) -> None:
-        """Look at the queue now; with ``reset``, forget the backoff (the partner is alive)."""
-        if reset and self._failures:
+    def wake(self) -> None:
+        """Look at the queue now, unless backing off: records were queued, or the sweep came by."""
+        if time.monotonic() >= self._retry_at:
+            self._wake.set()
+
+    def partner_alive(self) -> None:
+        """The partner just called us: end any backoff and send its queue now."""
+        if self._failures:
             log.info("partner %s is reachable again; sending its queue now", self.partner.node_id)
             self._failures, self._retry_at = 0, 0.0
             self._metrics.partner_backoff.labels(self.partner.node_id).set(0)
-        if time.monotonic() >= self._retry_at:
             self._wake.set()
 
     @property
@@ -331,7 +337,14 @@ class Deliveries:
         """The partner just signed a request to us: it is alive, so its queue moves now."""
         sender = self._senders.get(partner)
         if sender is not None:
-            sender.wake(reset=True)
+            sender.partner_alive()
+
+    def queued(self, partners: Iterable[str]) -> None:
+        """Records for these partners were just committed to their outboxes."""
+        for partner in partners:
+            sender = self._senders.get(partner)
+            if sender is not None:
+                sender.wake()
 
     def sweep(self) -> None:
         for sender in self._senders.values():

@@ -115,6 +115,7 @@ class Node:
         puller = Puller(config.node_id, partners, store, receiver, self._current_key, session, settings, self.metrics)
         deliveries = Deliveries(senders, puller)
         self._opened.push_async_callback(deliveries.close)
+        store.on_queued = deliveries.queued
 
         jobs = Jobs(self.metrics)
         self._opened.push_async_callback(jobs.close)

@@ -131,6 +131,8 @@ class SqliteStore:
         }
         # Observability: the writer's group-commit sizes, read by /metrics.
         self.on_commit: Callable[[int, float], None] | None = None
+        # Called on the event loop after a commit queued records for these partners.
+        self.on_queued: Callable[[set[str]], None] | None = None
 
     @classmethod
     async def open(cls, path: Path, *, max_batch_ops: int = 2000) -> SqliteStore:
@@ -222,10 +224,20 @@ class SqliteStore:
     async def store_seal_events(self, writes: list[SealEventWrite]) -> list[SealEventOutcome]:
         if not writes:
             return []
-        return await self._submit("seal_events", writes)
+        outcomes: list[SealEventOutcome] = await self._submit("seal_events", writes)
+        self._queued(w.record for w, o in zip(writes, outcomes, strict=True) if o.status is WriteStatus.ACCEPTED)
+        return outcomes
 
     async def store_control_result(self, write: ControlResultWrite) -> ControlResultOutcome:
-        return await self._submit("control_result", write)
+        outcome: ControlResultOutcome = await self._submit("control_result", write)
+        self._queued([write.record] if outcome.status is WriteStatus.ACCEPTED else [])
+        return outcome
+
+    def _queued(self, records: Iterable[SignedRecord]) -> None:
+        if self.on_queued is not None:
+            partners = {partner for record in records for partner in record.recipients}
+            if partners:
+                self.on_queued(partners)
 
     async def add_credential(self, credential: Credential) -> None:
         await self._submit("credential", credential)
