@@ -36,6 +36,7 @@ outbox will fetch them with its next push.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 import logging
 import re
 from dataclasses import dataclass
@@ -95,44 +96,52 @@ class Receiver:
         self._max_xml_bytes = max_xml_bytes
 
     async def receive(self, partner: str, tokens: list[bytes]) -> list[MessageResult]:
+        digests = [hashlib.sha256(token).digest() for token in tokens]
+        answered = await self._store.receipts_for(digests)
         results: list[MessageResult | None] = [None] * len(tokens)
         pending: list[_Pending] = []
         deferring: Problem | None = None
-        for index, token in enumerate(tokens):
-            digest = hashlib.sha256(token).digest()
+        for index, (token, digest) in enumerate(zip(tokens, digests, strict=True)):
             if deferring is not None:
                 results[index] = MessageResult(index, digest, "deferred", problem=deferring)
-                continue
-            answered = await self._store.receipt_for(digest)
-            if answered is not None:
-                results[index] = MessageResult(index, digest, "duplicate", _message_id(token), answered)
-                continue
-            item = _Pending(index, token, digest)
-            try:
-                item.verified = await self._verify(partner, token)
-                item.problem = await self._refusal(partner, item.verified)
-            except Problem as problem:
-                if problem.code == "jws-unknown-kid":  # perhaps a key not announced to us yet: try later
-                    deferring = problem
-                    results[index] = MessageResult(index, digest, "deferred", problem=problem)
-                    continue
-                item.problem = problem
-            if item.problem is None and item.verified is not None:
-                first = await self._store.received(item.verified.record.message_id)
-                if first is not None:
-                    if first[0] == _payload_digest(token):
-                        results[index] = MessageResult(
-                            index, digest, "duplicate", item.verified.record.message_id, first[1]
-                        )
+            elif digest in answered:
+                results[index] = MessageResult(index, digest, "duplicate", _message_id(token), answered[digest])
+            else:
+                item = _Pending(index, token, digest)
+                try:
+                    item.verified = await self._verify(partner, token)
+                    item.problem = self._refusal(partner, item.verified)
+                except Problem as problem:
+                    if problem.code == "jws-unknown-kid":  # perhaps a key not announced to us yet: try later
+                        deferring = problem
+                        results[index] = MessageResult(index, digest, "deferred", problem=problem)
                         continue
-                    item.problem = _conflict(item.verified.record.message_id)
-            pending.append(item)
+                    item.problem = problem
+                pending.append(item)
 
-        for item, outcome in zip(pending, await self._answer(partner, pending), strict=True):
+        ids = [item.verified.record.message_id for item in pending if item.problem is None and item.verified]
+        firsts = await self._store.received(ids) if ids else {}
+        answering: list[_Pending] = []
+        for item in pending:
+            verified = item.verified
+            first = firsts.get(verified.record.message_id) if verified is not None and item.problem is None else None
+            if first is None:
+                answering.append(item)
+                continue
+            assert verified is not None
+            if first[0] == _payload_digest(item.token):  # the same message, perhaps another encoding
+                results[item.index] = MessageResult(
+                    item.index, item.digest, "duplicate", verified.record.message_id, first[1]
+                )
+            else:
+                item.problem = _conflict(verified.record.message_id)
+                answering.append(item)
+
+        for item, outcome in zip(answering, await self._answer(partner, answering), strict=True):
             results[item.index] = outcome
         done = [r for r in results if r is not None]
-        for result in done:
-            self._metrics.exchange_received.labels(partner, result.status).inc()
+        for status, count in Counter(r.status for r in done).items():
+            self._metrics.exchange_received.labels(partner, status).inc(count)
         return done
 
     async def _verify(self, partner: str, token: bytes) -> VerifiedRecord:
@@ -147,7 +156,7 @@ class Receiver:
                 raise Problem(str(exc.code), exc.detail) from None
         raise AssertionError("unreachable")
 
-    async def _refusal(self, partner: str, verified: VerifiedRecord) -> Problem | None:
+    def _refusal(self, partner: str, verified: VerifiedRecord) -> Problem | None:
         header = verified.message.header
         if header.sender != partner:
             return Problem(

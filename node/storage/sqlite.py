@@ -406,21 +406,29 @@ class SqliteStore:
         ).fetchall()
         return [SequenceGap(lock_id, first, last) for first, last in rows]
 
-    async def receipt_for(self, received_digest: bytes) -> bytes | None:
-        row = await self._one(
-            "SELECT r.jws FROM receipts_issued i JOIN records r ON r.message_id = i.receipt_message_id"
-            " WHERE i.received_digest = ?",
-            (received_digest,),
-        )
-        return None if row is None else bytes(row[0])
+    async def _select_in(self, sql: str, values: list[Any]) -> list[Any]:
+        rows: list[Any] = []
+        for start in range(0, len(values), _IN_CHUNK):
+            chunk = values[start : start + _IN_CHUNK]
+            cursor = await self._reader_db.execute(sql.format(",".join("?" * len(chunk))), chunk)
+            rows.extend(await cursor.fetchall())
+        return rows
 
-    async def received(self, message_id: UUID) -> tuple[bytes, bytes] | None:
-        row = await self._one(
-            "SELECT v.payload_digest, r.jws FROM received v JOIN records r ON r.message_id = v.receipt_message_id"
-            " WHERE v.message_id = ?",
-            (str(message_id),),
+    async def receipts_for(self, received_digests: list[bytes]) -> dict[bytes, bytes]:
+        rows = await self._select_in(
+            "SELECT i.received_digest, r.jws FROM receipts_issued i JOIN records r"
+            " ON r.message_id = i.receipt_message_id WHERE i.received_digest IN ({})",
+            received_digests,
         )
-        return None if row is None else (bytes(row[0]), bytes(row[1]))
+        return {bytes(digest): bytes(jws) for digest, jws in rows}
+
+    async def received(self, message_ids: list[UUID]) -> dict[UUID, tuple[bytes, bytes]]:
+        rows = await self._select_in(
+            "SELECT v.message_id, v.payload_digest, r.jws FROM received v JOIN records r"
+            " ON r.message_id = v.receipt_message_id WHERE v.message_id IN ({})",
+            [str(m) for m in message_ids],
+        )
+        return {UUID(m): (bytes(digest), bytes(jws)) for m, digest, jws in rows}
 
     async def outbox_due(self, partner: str, limit: int) -> list[OutboxItem]:
         rows = await (

@@ -117,8 +117,8 @@ async def test_no_statement_on_the_ingest_or_read_path_scans_a_table(store: Sqli
     theirs = RecordSigner("KZ-DOS", lambda: KEY).sign(write(seq=1, lock="LK-Y").event, recipients=("CN-AKL",))
     receipt = SIGNER.sign(Receipt(theirs.message_id, theirs.digest, ReceiptStatus.ACCEPTED, NOW))
     await store.store_received([ReceivedWrite("KZ-DOS", theirs.digest, receipt, theirs, theirs.digest)])
-    await store.receipt_for(theirs.digest)
-    await store.received(theirs.message_id)
+    assert await store.receipts_for([theirs.digest]) == {theirs.digest: receipt.jws}
+    assert await store.received([theirs.message_id]) == {theirs.message_id: (theirs.digest, receipt.jws)}
 
     statements = ("SELECT", "WITH", "UPDATE", "DELETE")
     selects = [sql for sql in seen if sql.lstrip().upper().startswith(statements)]
