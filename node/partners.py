@@ -206,6 +206,15 @@ class Partners:
         state = self._states.get(node_id)
         return None if state is None or state.trust is None else state.trust.keyring
 
+    def keys(self) -> dict[str, TrustedKey]:
+        """Every partner's trusted keys now, by kid: a snapshot to verify a batch with."""
+        out = {}
+        for kid in self._owner_of:
+            found = self.lookup(kid)
+            if found is not None:
+                out[kid] = found
+        return out
+
     def lookup(self, kid: str) -> TrustedKey | None:
         """The trusted key ``kid`` of any partner, with its owner."""
         owner = self._owner_of.get(kid)

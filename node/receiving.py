@@ -5,7 +5,8 @@ we know which partner is calling. Each message of the batch is then taken
 **in order** through these steps; the first that fails decides:
 
 1. the exact bytes were answered before → that receipt again (``duplicate``);
-2. `mrx.node.records.verify_record` against the partners' trusted keys: JWS
+2. `mrx.node.records.verify_record` (in the signing workers, the whole batch
+   at once) against the partners' trusted keys: JWS
    profile and signature, XML hardening and XSD, ``typ``, the header's sender
    owns the key, the key was valid when the record was prepared. A key this
    node does not know yet triggers one key refresh for the partner; if it is
@@ -53,7 +54,7 @@ from mrx.schemas.xml import XmlError
 from .metrics import NodeMetrics
 from .partners import Partners
 from .problems import Problem
-from .records import RecordError, Unsigned, VerifiedRecord, verify_record
+from .records import Refusal, Unsigned, VerifiedRecord
 from .signing import Signing
 from .storage import ReceivedWrite, SignedRecord, Store, WriteStatus
 
@@ -98,26 +99,33 @@ class Receiver:
     async def receive(self, partner: str, tokens: list[bytes]) -> list[MessageResult]:
         digests = [hashlib.sha256(token).digest() for token in tokens]
         answered = await self._store.receipts_for(digests)
+        fresh = [i for i, digest in enumerate(digests) if digest not in answered]
+        verified = await verify_from(
+            self._partners, self._signing, partner, [tokens[i] for i in fresh], max_xml_bytes=self._max_xml_bytes
+        )
+        verdicts = dict(zip(fresh, verified, strict=True))
         results: list[MessageResult | None] = [None] * len(tokens)
         pending: list[_Pending] = []
         deferring: Problem | None = None
         for index, (token, digest) in enumerate(zip(tokens, digests, strict=True)):
             if deferring is not None:
                 results[index] = MessageResult(index, digest, "deferred", problem=deferring)
-            elif digest in answered:
+                continue
+            if digest in answered:
                 results[index] = MessageResult(index, digest, "duplicate", _message_id(token), answered[digest])
+                continue
+            verdict = verdicts[index]
+            item = _Pending(index, token, digest)
+            if isinstance(verdict, Refusal):
+                item.problem = Problem(verdict.code, verdict.detail)
+                if verdict.code == "jws-unknown-kid":  # perhaps a key not announced to us yet: try later
+                    deferring = item.problem
+                    results[index] = MessageResult(index, digest, "deferred", problem=deferring)
+                    continue
             else:
-                item = _Pending(index, token, digest)
-                try:
-                    item.verified = await self._verify(partner, token)
-                    item.problem = self._refusal(partner, item.verified)
-                except Problem as problem:
-                    if problem.code == "jws-unknown-kid":  # perhaps a key not announced to us yet: try later
-                        deferring = problem
-                        results[index] = MessageResult(index, digest, "deferred", problem=problem)
-                        continue
-                    item.problem = problem
-                pending.append(item)
+                item.verified = verdict
+                item.problem = self._refusal(partner, verdict)
+            pending.append(item)
 
         ids = [item.verified.record.message_id for item in pending if item.problem is None and item.verified]
         firsts = await self._store.received(ids) if ids else {}
@@ -143,18 +151,6 @@ class Receiver:
         for status, count in Counter(r.status for r in done).items():
             self._metrics.exchange_received.labels(partner, status).inc(count)
         return done
-
-    async def _verify(self, partner: str, token: bytes) -> VerifiedRecord:
-        for attempt in (1, 2):
-            try:
-                return verify_record(token, self._partners.lookup, max_xml_bytes=self._max_xml_bytes)
-            except JwsError as exc:
-                if exc.code == "jws-unknown-kid" and attempt == 1 and await self._partners.refresh_if_due(partner):
-                    continue
-                raise Problem(str(exc.code), exc.detail) from None
-            except (XmlError, RecordError) as exc:
-                raise Problem(str(exc.code), exc.detail) from None
-        raise AssertionError("unreachable")
 
     def _refusal(self, partner: str, verified: VerifiedRecord) -> Problem | None:
         header = verified.message.header
@@ -204,6 +200,24 @@ class Receiver:
                     MessageResult(item.index, item.digest, status, message_id, outcome.receipt_jws, item.problem)
                 )
         return results
+
+
+async def verify_from(
+    partners: Partners, signing: Signing, partner: str, tokens: list[bytes], *, max_xml_bytes: int
+) -> list[VerifiedRecord | Refusal]:
+    """Verify a partner's records (or receipts) in the workers against all partners' trusted keys.
+
+    A kid nobody knows makes the node fetch that partner's keys (rate-limited) and verify those tokens again.
+    """
+    if not tokens:
+        return []
+    verdicts = await signing.verify_all(tokens, partners.keys(), max_xml_bytes=max_xml_bytes)
+    unknown = [i for i, v in enumerate(verdicts) if isinstance(v, Refusal) and v.code == "jws-unknown-kid"]
+    if unknown and await partners.refresh_if_due(partner):
+        again = await signing.verify_all([tokens[i] for i in unknown], partners.keys(), max_xml_bytes=max_xml_bytes)
+        for i, verdict in zip(unknown, again, strict=True):
+            verdicts[i] = verdict
+    return verdicts
 
 
 def _receipt(item: _Pending, now: datetime) -> Receipt:

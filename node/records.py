@@ -15,16 +15,17 @@ can pass in, so tests can make known-answer records.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID, uuid4
 
-from mrx.keys.jws import SigningKey, max_compact_bytes, verify_compact
+from mrx.keys.jws import JwsError, SigningKey, max_compact_bytes, verify_compact
 from mrx.keys.keyring import Keyring, PublicKey
 from mrx.schemas import codec
 from mrx.schemas.messages import Body, Header, Message, message_type_of
+from mrx.schemas.xml import XmlError
 
 from .storage import SignedRecord
 
@@ -216,3 +217,25 @@ def verify_record(
         digest=hashlib.sha256(token).digest(),
     )
     return VerifiedRecord(message, record, signer)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a record was refused: the stable code and detail of its `JwsError`, `XmlError` or `RecordError`."""
+
+    code: str
+    detail: str
+
+
+def verify_records(
+    tokens: Sequence[bytes], keys: Mapping[str, TrustedKey], *, max_xml_bytes: int
+) -> list[VerifiedRecord | Refusal]:
+    """`verify_record` for each token against one snapshot of keys (kid -> key); refusals as values."""
+    out: list[VerifiedRecord | Refusal] = []
+    for token in tokens:
+        try:
+            out.append(verify_record(token, keys.get, max_xml_bytes=max_xml_bytes))
+        except (JwsError, XmlError, RecordError) as error:
+            out.append(Refusal(str(error.code), error.detail))
+    return out
+

@@ -59,16 +59,16 @@ from typing import Any
 import aiohttp
 
 from mrx.keys import strictjson
-from mrx.keys.jws import JwsError, SigningKey
+from mrx.keys.jws import SigningKey
 from mrx.schemas.codes import ReceiptStatus
 from mrx.schemas.messages import Receipt
-from mrx.schemas.xml import XmlError
 
 from .config import Exchange, Partner
 from .metrics import NodeMetrics
 from .partners import Partners, read_capped, sign_request
-from .receiving import Receiver
-from .records import RecordError, VerifiedRecord, verify_record
+from .receiving import Receiver, verify_from
+from .records import Refusal, VerifiedRecord
+from .signing import Signing
 from .storage import Delivery, DeliveryResult, OutboxItem, Store
 
 log = logging.getLogger(__name__)
@@ -102,11 +102,13 @@ class Sender:
         session: aiohttp.ClientSession,
         settings: Exchange,
         metrics: NodeMetrics,
+        signing: Signing,
         *,
         max_xml_bytes: int,
     ) -> None:
         self._node_id = node_id
         self.partner = partner
+        self._signing = signing
         self._store = store
         self._partners = partners
         self._key = key
@@ -191,7 +193,17 @@ class Sender:
             self._back_off()
             return False
         self._metrics.exchange_batch_seconds.observe(time.perf_counter() - started)
-        results = [await self._settle(item, answer) for item, answer in zip(items, answers, strict=True)]
+        receipts = [a.receipt for a in answers if a.receipt is not None and a.status != "deferred"]
+        verdicts = iter(
+            await verify_from(
+                self._partners, self._signing, self.partner.node_id, receipts, max_xml_bytes=self._max_xml_bytes
+            )
+        )
+        results = [
+            self._settle(item, answer, next(verdicts) if answer.receipt is not None and answer.status != "deferred"
+                         else None)
+            for item, answer in zip(items, answers, strict=True)
+        ]
         await self._store.settle_deliveries(results)
         for state in (Delivery.DELIVERED, Delivery.FAILED, Delivery.QUEUED):
             if n := sum(1 for r in results if r.state is state):
@@ -235,46 +247,34 @@ class Sender:
         except (ValueError, KeyError, TypeError) as exc:
             raise _RequestFailed(f"bad-response: the partner's answer is not an exchange result ({exc})") from None
 
-    async def _settle(self, item: OutboxItem, answer: _Answer) -> DeliveryResult:
-        if answer.status == "deferred" or answer.receipt is None:
+    def _settle(self, item: OutboxItem, answer: _Answer, verdict: VerifiedRecord | Refusal | None) -> DeliveryResult:
+        if verdict is None:  # deferred, or no receipt
             return DeliveryResult(item.outbox_id, Delivery.QUEUED, f"deferred: {answer.problem or 'no receipt'}")
-        try:
-            verified = await self._verify_receipt(answer.receipt)
-        except _ReceiptInvalid as exc:
+        problem = self._receipt_problem(item, verdict)
+        if problem is not None:
             log.error("partner %s answered record %s with an invalid receipt: %s", self.partner.node_id,
-                      item.message_id, exc)
-            return DeliveryResult(item.outbox_id, Delivery.QUEUED, f"receipt-invalid: {exc}")
-        receipt = verified.message.body
-        assert isinstance(receipt, Receipt)
-        if receipt.received_digest != hashlib.sha256(item.jws).digest() or receipt.received_message_id != item.message_id:
-            return DeliveryResult(
-                item.outbox_id, Delivery.QUEUED, "receipt-invalid: the receipt answers other bytes than those sent"
-            )
+                      item.message_id, problem)
+            return DeliveryResult(item.outbox_id, Delivery.QUEUED, f"receipt-invalid: {problem}")
+        assert isinstance(verdict, VerifiedRecord) and isinstance(verdict.message.body, Receipt)
+        receipt = verdict.message.body
         if receipt.status is ReceiptStatus.ACCEPTED:
-            return DeliveryResult(item.outbox_id, Delivery.DELIVERED, None, verified.record)
+            return DeliveryResult(item.outbox_id, Delivery.DELIVERED, None, verdict.record)
         reason = "; ".join(f"{e.code}: {e.description}" for e in receipt.errors) or "rejected without a reason"
         log.error("partner %s rejected record %s: %s", self.partner.node_id, item.message_id, reason)
-        return DeliveryResult(item.outbox_id, Delivery.FAILED, reason, verified.record)
+        return DeliveryResult(item.outbox_id, Delivery.FAILED, reason, verdict.record)
 
-    async def _verify_receipt(self, token: bytes) -> VerifiedRecord:
-        for attempt in (1, 2):
-            try:
-                verified = verify_record(token, self._partners.lookup, max_xml_bytes=self._max_xml_bytes)
-            except JwsError as exc:
-                if exc.code == "jws-unknown-kid" and attempt == 1 and await self._partners.refresh_if_due(
-                    self.partner.node_id
-                ):
-                    continue
-                raise _ReceiptInvalid(f"{exc.code}: {exc.detail}") from None
-            except (XmlError, RecordError) as exc:
-                raise _ReceiptInvalid(f"{exc.code}: {exc.detail}") from None
-            header = verified.message.header
-            if header.sender != self.partner.node_id or not isinstance(verified.message.body, Receipt):
-                raise _ReceiptInvalid(f"it is a {header.message_type} from {header.sender}, not a Receipt from the partner")
-            if self._node_id not in header.recipients:
-                raise _ReceiptInvalid("it is not addressed to this node")
-            return verified
-        raise AssertionError("unreachable")
+    def _receipt_problem(self, item: OutboxItem, verdict: VerifiedRecord | Refusal) -> str | None:
+        """Why this is not the partner's valid receipt for the bytes sent, or None if it is."""
+        if isinstance(verdict, Refusal):
+            return f"{verdict.code}: {verdict.detail}"
+        header, receipt = verdict.message.header, verdict.message.body
+        if header.sender != self.partner.node_id or not isinstance(receipt, Receipt):
+            return f"it is a {header.message_type} from {header.sender}, not a Receipt from the partner"
+        if self._node_id not in header.recipients:
+            return "it is not addressed to this node"
+        if receipt.received_digest != hashlib.sha256(item.jws).digest() or receipt.received_message_id != item.message_id:
+            return "it answers other bytes than those sent"
+        return None
 
 
 def _within_bytes(items: list[OutboxItem], limit: int) -> list[OutboxItem]:
@@ -294,10 +294,6 @@ class _RequestFailed(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason[:500]
-
-
-class _ReceiptInvalid(Exception):
-    pass
 
 
 def _answer(result: Any) -> _Answer:

@@ -1,5 +1,8 @@
 """Signing off the event loop: records are encoded, validated and signed in worker processes.
 
+(And verified: a batch of records received from a partner, or of its
+receipts, is verified in the same workers, `SigningPool.verify_all`.)
+
 Encoding a record, validating it against its XSD and signing it is about two
 thirds of the event loop's work at high load, and it is pure: message values
 in, signed bytes out. So it runs where it does not hold up the loop:
@@ -40,16 +43,18 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Protocol
 
+from mrx.keys.jwks import PublicKey
 from mrx.keys.jws import SigningKey
 from mrx.keys.keyring import KeyStore
+from mrx.schemas.messages import Message
 
-from .records import RecordSigner, Unsigned
+from .records import RecordSigner, Refusal, TrustedKey, Unsigned, VerifiedRecord, verify_records
 from .storage import SignedRecord
 
 log = logging.getLogger(__name__)
@@ -59,6 +64,10 @@ Outcome = SignedRecord | Exception
 
 class Signing(Protocol):
     async def sign_all(self, items: Sequence[Unsigned]) -> list[Outcome]: ...
+
+    async def verify_all(
+        self, tokens: Sequence[bytes], keys: Mapping[str, TrustedKey], *, max_xml_bytes: int
+    ) -> list[VerifiedRecord | Refusal]: ...
 
     async def close(self) -> None: ...
 
@@ -88,6 +97,11 @@ class InlineSigning:
 
     async def sign_all(self, items: Sequence[Unsigned]) -> list[Outcome]:
         return sign_each(self._signer, items)
+
+    async def verify_all(
+        self, tokens: Sequence[bytes], keys: Mapping[str, TrustedKey], *, max_xml_bytes: int
+    ) -> list[VerifiedRecord | Refusal]:
+        return verify_records(tokens, keys, max_xml_bytes=max_xml_bytes)
 
     async def close(self) -> None:
         return None
@@ -128,6 +142,20 @@ def _exit_with_parent(parent: int) -> None:
 def _sign_in_worker(items: list[Unsigned]) -> list[Outcome]:
     assert _worker_signer is not None, "worker not initialised"
     return sign_each(_worker_signer, items)
+
+
+def _verify_in_worker(
+    tokens: list[bytes], keys: list[tuple[str, dict[str, str]]], max_xml_bytes: int
+) -> list[tuple[Message, SignedRecord, str] | Refusal]:
+    """`verify_records` in a worker: keys travel as (owner, JWKS member); results without the key objects."""
+    lookup = {}
+    for owner, member in keys:
+        key = PublicKey.from_jwk(member)
+        lookup[key.kid] = TrustedKey(owner, key)
+    return [
+        r if isinstance(r, Refusal) else (r.message, r.record, r.key.key.kid)
+        for r in verify_records(tokens, lookup, max_xml_bytes=max_xml_bytes)
+    ]
 
 
 def _ready() -> bool:
@@ -183,6 +211,21 @@ class SigningPool:
         future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((items, future))
         return await future
+
+    async def verify_all(
+        self, tokens: Sequence[bytes], keys: Mapping[str, TrustedKey], *, max_xml_bytes: int
+    ) -> list[VerifiedRecord | Refusal]:
+        if len(tokens) < self._inline_below or self._pool is None:
+            return verify_records(tokens, keys, max_xml_bytes=max_xml_bytes)
+        members = [(key.owner, key.key.to_jwk()) for key in keys.values()]
+        try:
+            done = await asyncio.get_running_loop().run_in_executor(
+                self._pool, _verify_in_worker, list(tokens), members, max_xml_bytes
+            )
+        except BrokenProcessPool:  # the dispatcher rebuilds the pool with its next batch; verify here meanwhile
+            log.error("a worker died while verifying %d records; verifying them on the event loop", len(tokens))
+            return verify_records(tokens, keys, max_xml_bytes=max_xml_bytes)
+        return [r if isinstance(r, Refusal) else VerifiedRecord(r[0], r[1], keys[r[2]]) for r in done]
 
     async def _dispatch(self) -> None:
         slots = asyncio.Semaphore(self._workers)

@@ -14,7 +14,7 @@ import pytest
 from mrx.keys.jws import SigningKey, verify_compact
 from mrx.keys.keyring import KeyStore, KeyStoreError
 from mrx.node.inputs import SealEventIn
-from mrx.node.records import RecordSigner, Unsigned
+from mrx.node.records import RecordSigner, Refusal, TrustedKey, Unsigned, VerifiedRecord, verify_records
 from mrx.node.signing import InlineSigning, SigningPool
 from mrx.node.storage import SignedRecord
 from mrx.schemas.xml import XmlError
@@ -142,3 +142,17 @@ def test_a_node_whose_worker_died_still_stops_cleanly(tmp_path: Path) -> None:
     for pid in Path(f"/proc/{node.proc.pid}/task/{node.proc.pid}/children").read_text().split():
         os.kill(int(pid), signal.SIGKILL)
     assert node.stop(timeout=30) == 0, node.stderr()
+
+
+async def test_records_are_verified_in_the_worker_as_on_the_loop(pool: SigningPool, tmp_path: Path) -> None:
+    keyring = KeyStore.open(tmp_path / "keys").keyring()
+    keys = {key.kid: TrustedKey("CN-AKL", key) for key in keyring}
+    tokens = [outcome.jws for outcome in await pool.sign_all(unsigned(events(5)))]
+    header, _, signature = tokens[0].split(b".")
+    tokens.append(b".".join([header, tokens[1].split(b".")[1], signature]))  # another record's payload
+    in_worker = await pool.verify_all(tokens, keys, max_xml_bytes=262_144)
+    on_loop = verify_records(tokens, keys, max_xml_bytes=262_144)
+    assert [type(v) for v in in_worker] == [VerifiedRecord] * 5 + [Refusal]
+    assert in_worker[5] == on_loop[5] and in_worker[5].code == "jws-bad-signature"
+    for a, b in zip(in_worker[:5], on_loop[:5], strict=True):
+        assert (a.message, a.record, a.key) == (b.message, b.record, b.key)
