@@ -4,7 +4,8 @@ Outbox. Every record addressed to partners is queued for each of them in
 the transaction that stores it (`mrx.node.storage`). One `Sender` task per
 partner drains that partner's queue in outbox order — which is the order the
 records were made, so per consignment too — with **one request in flight**
-at a time: a batch of up to ``[exchange] batch_size`` compact JWS, signed as
+at a time (the receipts of the batch before are checked meanwhile): a batch
+of up to ``[exchange] batch_size`` compact JWS, signed as
 a request (`mrx.node.partners.sign_request`), to the partner's
 ``POST /v1/exchange/messages``. The rows are marked ``in-flight`` before the
 request and settled after it, from the partner's answer:
@@ -148,72 +149,91 @@ class Sender:
         return time.monotonic() < self._retry_at
 
     async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if self.backing_off:
-                continue
-            try:
-                more = await self._send_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a bug: log it, back off, never die silently
-                log.exception("sending to %s failed unexpectedly", self.partner.node_id)
-                self._back_off()
-                continue
-            if more:
+        settling: asyncio.Task[None] | None = None
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                if self.backing_off:
+                    continue
+                try:
+                    sent = await self._send_next()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # a bug: log it, back off, never die silently
+                    log.exception("sending to %s failed unexpectedly", self.partner.node_id)
+                    self._back_off()
+                    continue
+                if sent is None:
+                    continue
+                # The partner has stored this batch and answered. Its receipts are checked while
+                # the next batch goes out: one batch on the wire, one being settled.
+                if settling is not None:
+                    await settling
+                settling = asyncio.get_running_loop().create_task(self._settle_batch(*sent))
                 self._wake.set()
+        finally:
+            if settling is not None:
+                settling.cancel()
+                await asyncio.gather(settling, return_exceptions=True)
 
-    async def _send_once(self) -> bool:
-        """Send one batch; True if the queue may hold more to send now."""
+    async def _send_next(self) -> tuple[list[OutboxItem], list[_Answer]] | None:
+        """Send the next batch in outbox order; its answers, or None if nothing went (or it failed)."""
         items = await self._store.outbox_due(self.partner.node_id, self._settings.batch_size)
         if not items:
-            return False
+            return None
         items = _within_bytes(items, MAX_BATCH_BYTES)
         await self._store.mark_in_flight([i.outbox_id for i in items])
-        try:
-            return await self._deliver(items)
-        except BaseException as exc:  # a bug or a stop: the rows go back to the queue, not stuck in flight
-            reason = "interrupted" if isinstance(exc, asyncio.CancelledError) else f"internal-error: {exc!r}"
-            await asyncio.shield(
-                self._store.settle_deliveries([DeliveryResult(i.outbox_id, Delivery.QUEUED, reason) for i in items])
-            )
-            raise
-
-    async def _deliver(self, items: list[OutboxItem]) -> bool:
         started = time.perf_counter()
         try:
             answers = await self._post(items)
         except _RequestFailed as failure:
-            await self._store.settle_deliveries(
-                [DeliveryResult(i.outbox_id, Delivery.QUEUED, failure.reason) for i in items]
-            )
+            await self._requeue(items, failure.reason)
             self._metrics.exchange_sent.labels(self.partner.node_id, "retry").inc(len(items))
             log.warning("could not deliver %d records to %s: %s", len(items), self.partner.node_id, failure.reason)
             self._back_off()
-            return False
+            return None
+        except BaseException as exc:  # a bug or a stop: the rows go back to the queue, not stuck in flight
+            await self._requeue(items, _interruption(exc))
+            raise
         self._metrics.exchange_batch_seconds.observe(time.perf_counter() - started)
-        receipts = [a.receipt for a in answers if a.receipt is not None and a.status != "deferred"]
-        verdicts = iter(
-            await verify_from(
-                self._partners, self._signing, self.partner.node_id, receipts, max_xml_bytes=self._max_xml_bytes
+        return items, answers
+
+    async def _settle_batch(self, items: list[OutboxItem], answers: list[_Answer]) -> None:
+        """Verify the partner's receipts for a batch it answered, and record each delivery's outcome."""
+        try:
+            receipts = [a.receipt for a in answers if a.receipt is not None and a.status != "deferred"]
+            verdicts = iter(
+                await verify_from(
+                    self._partners, self._signing, self.partner.node_id, receipts, max_xml_bytes=self._max_xml_bytes
+                )
             )
-        )
-        results = [
-            self._settle(item, answer, next(verdicts) if answer.receipt is not None and answer.status != "deferred"
-                         else None)
-            for item, answer in zip(items, answers, strict=True)
-        ]
-        await self._store.settle_deliveries(results)
+            results = [
+                self._settle(
+                    item, answer, next(verdicts) if answer.receipt is not None and answer.status != "deferred" else None
+                )
+                for item, answer in zip(items, answers, strict=True)
+            ]
+            await self._store.settle_deliveries(results)
+        except BaseException as exc:
+            await self._requeue(items, _interruption(exc))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            log.exception("settling a batch to %s failed unexpectedly", self.partner.node_id)
+            self._back_off()
+            return
         for state in (Delivery.DELIVERED, Delivery.FAILED, Delivery.QUEUED):
             if n := sum(1 for r in results if r.state is state):
                 self._metrics.exchange_sent.labels(self.partner.node_id, _OUTCOME[state]).inc(n)
         if any(r.state is Delivery.QUEUED for r in results):
             self._back_off()
-            return False
-        self._failures, self._retry_at = 0, 0.0
-        self._metrics.partner_backoff.labels(self.partner.node_id).set(0)
-        return True  # look again: more may be queued
+        else:
+            self._failures, self._retry_at = 0, 0.0
+            self._metrics.partner_backoff.labels(self.partner.node_id).set(0)
+
+    async def _requeue(self, items: list[OutboxItem], reason: str) -> None:
+        results = [DeliveryResult(i.outbox_id, Delivery.QUEUED, reason) for i in items]
+        await asyncio.shield(self._store.settle_deliveries(results))
 
     def _back_off(self) -> None:
         self._failures += 1
@@ -275,6 +295,10 @@ class Sender:
         if receipt.received_digest != hashlib.sha256(item.jws).digest() or receipt.received_message_id != item.message_id:
             return "it answers other bytes than those sent"
         return None
+
+
+def _interruption(exc: BaseException) -> str:
+    return "interrupted" if isinstance(exc, asyncio.CancelledError) else f"internal-error: {exc!r}"
 
 
 def _within_bytes(items: list[OutboxItem], limit: int) -> list[OutboxItem]:
