@@ -99,7 +99,7 @@ import timeit
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -146,14 +146,21 @@ class EventWriter:
     ``tests.factories.seal_event`` is the reference; it is too slow to build a
     run's worth of events (tens of µs each), so each event type is rendered
     once into a %-template with holes for what varies (event ID, lock,
-    sequence number, device time), and the templates are checked against
-    the factory at construction.
+    sequence number, device time, container), and the templates are checked
+    against the factory at construction.
+
+    Every event is in ``factories.container()``, unless ``containers`` gives
+    one per lock (lock ``i`` seals ``containers[i % len(containers)]``): the
+    exchange benchmark routes events by container.
     """
 
-    _HOLES = {"event_id": '"%(e)s"', "lock_id": '"%(l)s"', "seq": "%(s)d", "device_time": '"%(t)s"'}
+    _HOLES = {
+        "event_id": '"%(e)s"', "lock_id": '"%(l)s"', "seq": "%(s)d", "device_time": '"%(t)s"', "container": '"%(c)s"'
+    }
 
-    def __init__(self, namespace: int, locks: int = LOCKS_PER_RUN) -> None:
+    def __init__(self, namespace: int, locks: int = LOCKS_PER_RUN, containers: Sequence[str] = ()) -> None:
         self.locks = locks
+        self._containers = tuple(containers) or (factories.container(),)
         self._id_prefix = f"{secrets.randbits(32):08x}-{namespace & 0xFFFF:04x}-4000-8000-"
         self._lock_prefix = f"LK-{namespace:04d}-"
         self._templates = {kind: self._template(kind) for kind in ("sealed", "position")}
@@ -162,7 +169,8 @@ class EventWriter:
         for probe in (0, locks, 2 * locks + 7):  # a sealed event and position events
             rendered = json.loads(self._render(probe))
             expected = factories.seal_event(
-                seq=rendered["seq"], lock=rendered["lock_id"], type=rendered["type"], event_id=rendered["event_id"]
+                seq=rendered["seq"], lock=rendered["lock_id"], type=rendered["type"], event_id=rendered["event_id"],
+                container=self._container(probe % locks),
             )
             if rendered != expected:
                 raise AssertionError(f"event template drifted from tests.factories:\n{rendered}\n{expected}")
@@ -173,6 +181,9 @@ class EventWriter:
         for hole, placeholder in self._HOLES.items():
             text = text.replace(f'"@{hole}@"', placeholder)
         return text
+
+    def _container(self, lock: int) -> str:
+        return self._containers[lock % len(self._containers)]
 
     def _device_time(self, seq: int) -> str:
         while len(self._times) <= seq:
@@ -188,6 +199,7 @@ class EventWriter:
             "l": f"{self._lock_prefix}{lock:05d}",
             "s": seq,
             "t": self._device_time(seq),
+            "c": self._container(lock),
         }
 
     def events(self, count: int) -> list[str]:
@@ -216,6 +228,8 @@ class LoadSpec:
     unique_events: int  # events to pre-build; 0: reuse a small pool (the echo does not care)
     namespace: int
     strict: bool  # require every event accepted (the node), or only a 2xx (the echo)
+    containers: tuple[str, ...] = ()  # one per lock (EventWriter); () for the default container
+    message_ids: bool = False  # collect (scheduled wall time, message ID) of the events counted (strict only)
 
 
 @dataclass
@@ -227,6 +241,10 @@ class LoadResult:
     latency_ms: dict[str, float]
     client_cpu: float
     wall: float
+    wall_start: float = math.nan  # time.time() when the load started (warm-up included)
+    # With LoadSpec.message_ids: (wall-clock send time, message ID) of each event counted, the
+    # send time as scheduled in the open loop; a batch's events share their request's time.
+    sent: list[tuple[float, str]] = field(default_factory=list)
 
     @property
     def events_per_s(self) -> float:
@@ -241,7 +259,7 @@ def _load_process(conn: Connection) -> None:
     """Serve `LoadSpec` → "ready" → "go" → `LoadResult` (or an error string) until None."""
     while (spec := conn.recv()) is not None:
         try:
-            writer = EventWriter(spec.namespace)
+            writer = EventWriter(spec.namespace, containers=spec.containers)
             if spec.unique_events:
                 bodies: Iterator[bytes] = iter(writer.bodies(spec.batch, math.ceil(spec.unique_events / spec.batch)))
             else:
@@ -258,8 +276,9 @@ async def _drive(spec: LoadSpec, bodies: Iterator[bytes]) -> LoadResult:
     url = spec.url + "/v1/seal-events"
     headers = {"Authorization": f"Bearer {spec.token}", "Content-Type": "application/json"}
     latencies = array.array("d")
+    sent: list[tuple[float, str]] = []
     counted = {"events": 0, "requests": 0, "total": 0}
-    cpu0, t0 = time.process_time(), time.perf_counter()
+    cpu0, t0, wall0 = time.process_time(), time.perf_counter(), time.time()
     window_start, window_end = t0 + spec.warmup, t0 + spec.warmup + spec.duration
     failure: list[BaseException] = []
 
@@ -267,8 +286,9 @@ async def _drive(spec: LoadSpec, bodies: Iterator[bytes]) -> LoadResult:
         async with session.post(url, data=body, headers=headers) as response:
             data = await response.read()
         done = time.perf_counter()
+        answer = None
         if spec.strict:
-            _check_accepted(response.status, data, spec.batch)
+            answer = _check_accepted(response.status, data, spec.batch)
         elif not 200 <= response.status < 300:
             raise Refused(f"HTTP {response.status}: {data[:300]!r}")
         counted["total"] += spec.batch
@@ -277,6 +297,9 @@ async def _drive(spec: LoadSpec, bodies: Iterator[bytes]) -> LoadResult:
             counted["events"] += spec.batch
             counted["requests"] += 1
             latencies.append(done - started)
+            if spec.message_ids and answer is not None:
+                at = wall0 + (started - t0)
+                sent.extend((at, r["message_id"]) for r in (answer["results"] if spec.batch > 1 else (answer,)))
 
     connector = aiohttp.TCPConnector(limit=spec.connections)
     timeout = aiohttp.ClientTimeout(total=120)
@@ -328,10 +351,13 @@ async def _drive(spec: LoadSpec, bodies: Iterator[bytes]) -> LoadResult:
         latency_ms={q: _percentile(ordered, p) * 1e3 for q, p in (("p50", 0.50), ("p99", 0.99), ("max", 1.0))},
         client_cpu=time.process_time() - cpu0,
         wall=time.perf_counter() - t0,
+        wall_start=wall0,
+        sent=sent,
     )
 
 
-def _check_accepted(status: int, data: bytes, batch: int) -> None:
+def _check_accepted(status: int, data: bytes, batch: int) -> dict[str, Any]:
+    """The node's answer, if it accepted every event; else `Refused` with its problem document."""
     try:
         answer = json.loads(data)
     except ValueError:
@@ -345,6 +371,7 @@ def _check_accepted(status: int, data: bytes, batch: int) -> None:
             answer = next((r for r in answer["results"] if r.get("status") != "accepted"), answer)
     if not ok:
         raise Refused(f"HTTP {status}: {json.dumps(answer)[:1000]}")
+    return answer
 
 
 def _percentile(ordered: Sequence[float], q: float) -> float:
@@ -560,7 +587,14 @@ class Bench:
             self._loader.kill()
 
     def run(
-        self, load: Load, target: Target, *, unique_events: int = 0, during: Callable[[], None] | None = None
+        self,
+        load: Load,
+        target: Target,
+        *,
+        unique_events: int = 0,
+        during: Callable[[], None] | None = None,
+        containers: Sequence[str] = (),
+        message_ids: bool = False,
     ) -> Run:
         spec = LoadSpec(
             url=target.url,
@@ -573,6 +607,8 @@ class Bench:
             unique_events=unique_events,
             namespace=next(self._namespaces),
             strict=target.name == "node",
+            containers=tuple(containers),
+            message_ids=message_ids,
         )
         stored = stored_seal_events(target.database) if target.database else None
         self._conn.send(spec)
@@ -699,7 +735,7 @@ def _summary(rs: list[Run]) -> dict[str, Any]:
         "client_cores": _median([r.client_cores for r in rs]),
         "other_cores": _median([r.other_cores for r in rs]),
         "runs": [
-            asdict(r.result)
+            {k: v for k, v in asdict(r.result).items() if k != "sent"}
             | {
                 "events_per_s": r.result.events_per_s,
                 "server_cpu_us_per_event": r.server_cpu_per_event * 1e6,
@@ -893,8 +929,8 @@ def profile(
 # How a sample's stack says what its thread was doing. The stacks are native
 # (--native), so a thread blocked in the kernel shows where it blocked.
 _GIL_WAIT = ("take_gil",)
-_IDLE = ("epoll_wait", "PyThread_acquire_lock_timed", "pthread_cond_wait", "pthread_cond_timedwait", "sem_wait",
-         "sem_timedwait", "sem_clockwait")  # fmt: skip
+_IDLE = ("epoll_wait", "epoll_pwait", "poll", "select", "PyThread_acquire_lock_timed", "pthread_cond_wait",
+         "pthread_cond_timedwait", "sem_wait", "sem_timedwait", "sem_clockwait")  # fmt: skip  (epoll_pwait: uvloop)
 _FSYNC = ("fdatasync", "fsync")
 _PYTHON_FRAME = (".py:", "<frozen ", "<string>:")
 _INTERPRETER = ("libpython", "libc.so", "python3")
