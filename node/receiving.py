@@ -82,6 +82,7 @@ class _Pending:
     digest: bytes
     verified: VerifiedRecord | None = None
     problem: Problem | None = None
+    message_id: UUID | None = None  # where legible
 
 
 class Receiver:
@@ -112,18 +113,20 @@ class Receiver:
                 results[index] = MessageResult(index, digest, "deferred", problem=deferring)
                 continue
             if digest in answered:
-                results[index] = MessageResult(index, digest, "duplicate", _message_id(token), answered[digest])
+                message_id, receipt = answered[digest]
+                results[index] = MessageResult(index, digest, "duplicate", message_id, receipt)
                 continue
             verdict = verdicts[index]
             item = _Pending(index, token, digest)
             if isinstance(verdict, Refusal):
                 item.problem = Problem(verdict.code, verdict.detail)
+                item.message_id = _message_id(token)
                 if verdict.code == "jws-unknown-kid":  # perhaps a key not announced to us yet: try later
                     deferring = item.problem
                     results[index] = MessageResult(index, digest, "deferred", problem=deferring)
                     continue
             else:
-                item.verified = verdict
+                item.verified, item.message_id = verdict, verdict.record.message_id
                 item.problem = self._refusal(partner, verdict)
             pending.append(item)
 
@@ -175,7 +178,7 @@ class Receiver:
             Unsigned(
                 _receipt(item, now),
                 recipients=(partner,),
-                correlation_id=item.verified.record.message_id if item.verified else _message_id(item.token),
+                correlation_id=item.message_id,
             )
             for item in items
         ]
@@ -188,10 +191,11 @@ class Receiver:
         outcomes = await self._store.store_received(writes)
         results = []
         for item, outcome in zip(items, outcomes, strict=True):
-            message_id = item.verified.record.message_id if item.verified else _message_id(item.token)
-            if outcome.status is WriteStatus.KEY_CONFLICT:  # lost a race to a different message with this ID
-                results.append(MessageResult(item.index, item.digest, "deferred", message_id, None,
-                                             _conflict(message_id)))
+            message_id = item.message_id
+            if outcome.status is WriteStatus.KEY_CONFLICT and message_id is not None:  # lost a race: another message
+                results.append(
+                    MessageResult(item.index, item.digest, "deferred", message_id, None, _conflict(message_id))
+                )
             elif outcome.status is WriteStatus.DUPLICATE:
                 results.append(MessageResult(item.index, item.digest, "duplicate", message_id, outcome.receipt_jws))
             else:
@@ -221,20 +225,19 @@ async def verify_from(
 
 
 def _receipt(item: _Pending, now: datetime) -> Receipt:
-    message_id = item.verified.record.message_id if item.verified else _message_id(item.token)
     if item.problem is None:
-        return Receipt(message_id, item.digest, ReceiptStatus.ACCEPTED, now)
+        return Receipt(item.message_id, item.digest, ReceiptStatus.ACCEPTED, now)
     error = ReceiptError(item.problem.code, _text(item.problem.detail))
-    return Receipt(message_id, item.digest, ReceiptStatus.REJECTED, now, (error,))
+    return Receipt(item.message_id, item.digest, ReceiptStatus.REJECTED, now, (error,))
 
 
 def _write(partner: str, item: _Pending, receipt: SignedRecord) -> ReceivedWrite:
     if item.problem is not None or item.verified is None:
-        return ReceivedWrite(partner, item.digest, receipt)
+        return ReceivedWrite(partner, item.digest, receipt, item.message_id)
     body = item.verified.message.body
     refs = body.consignment_refs if isinstance(body, (ControlResult, SealEvent)) else ()
     return ReceivedWrite(
-        partner, item.digest, receipt, item.verified.record, _payload_digest(item.token), tuple(refs)
+        partner, item.digest, receipt, item.message_id, item.verified.record, _payload_digest(item.token), tuple(refs)
     )
 
 

@@ -196,6 +196,7 @@ class ReceivedWrite:
     partner: str
     received_digest: bytes  # SHA-256 of the exact JWS received
     receipt: SignedRecord
+    received_message_id: UUID | None  # where legible
     record: SignedRecord | None = None
     payload_digest: bytes | None = None  # SHA-256 of the JWS payload: the message itself
     consignment_refs: tuple[ConsignmentReference, ...] = ()
@@ -246,8 +247,8 @@ class Store(Protocol):
 
     async def store_received(self, writes: list[ReceivedWrite]) -> list[ReceivedOutcome]: ...
 
-    async def receipts_for(self, received_digests: list[bytes]) -> dict[bytes, bytes]:
-        """The receipts this node signed for any of these exact JWS (by SHA-256): digest -> receipt JWS."""
+    async def receipts_for(self, received_digests: list[bytes]) -> dict[bytes, tuple[UUID | None, bytes]]:
+        """Receipts this node signed for any of these exact JWS: digest -> (message ID answered, receipt JWS)."""
         ...
 
     async def received(self, message_ids: list[UUID]) -> dict[UUID, tuple[bytes, bytes]]:

@@ -414,13 +414,13 @@ class SqliteStore:
             rows.extend(await cursor.fetchall())
         return rows
 
-    async def receipts_for(self, received_digests: list[bytes]) -> dict[bytes, bytes]:
+    async def receipts_for(self, received_digests: list[bytes]) -> dict[bytes, tuple[UUID | None, bytes]]:
         rows = await self._select_in(
-            "SELECT i.received_digest, r.jws FROM receipts_issued i JOIN records r"
+            "SELECT i.received_digest, i.received_message_id, r.jws FROM receipts_issued i JOIN records r"
             " ON r.message_id = i.receipt_message_id WHERE i.received_digest IN ({})",
             received_digests,
         )
-        return {bytes(digest): bytes(jws) for digest, jws in rows}
+        return {bytes(digest): (UUID(m) if m else None, bytes(jws)) for digest, m, jws in rows}
 
     async def received(self, message_ids: list[UUID]) -> dict[UUID, tuple[bytes, bytes]]:
         rows = await self._select_in(
@@ -834,8 +834,12 @@ def _apply_received(db: sqlite3.Connection, payloads: list[list[ReceivedWrite]])
         else:
             _insert_records(db, [write.receipt], stored_at, deliver=False)
         db.execute(
-            "INSERT INTO receipts_issued (received_digest, partner, receipt_message_id) VALUES (?,?,?)",
-            (write.received_digest, write.partner, str(write.receipt.message_id)),
+            "INSERT INTO receipts_issued (received_digest, partner, received_message_id, receipt_message_id)"
+            " VALUES (?,?,?,?)",
+            (
+                write.received_digest, write.partner,
+                str(write.received_message_id) if write.received_message_id else None, str(write.receipt.message_id),
+            ),
         )
         outcomes.append(ReceivedOutcome(WriteStatus.ACCEPTED, write.receipt.jws))
     return _split(outcomes, [len(p) for p in payloads])

@@ -37,8 +37,12 @@ async def _serve(statements: list[bytes]) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{port}"
 
 
-def _partner(keys: KeyStore, url: str) -> Partner:
-    return Partner(node_id="KZ-DOS", url=url, anchors=[keys.signing_key.kid], offices=["KZDOS"])
+async def _partners(keys: KeyStore, url: str, store: SqliteStore, session: aiohttp.ClientSession) -> Partners:
+    """A node's view of one partner, KZ-DOS, anchored at its current key, loaded from the store."""
+    partner = Partner(node_id="KZ-DOS", url=url, anchors=[keys.signing_key.kid], offices=["KZDOS"])
+    partners = Partners("CN-AKL", [partner], store, NodeMetrics())
+    await partners.load(session)
+    return partners
 
 
 async def test_keys_are_kept_across_a_restart_while_the_partner_is_unreachable(tmp_path: Path) -> None:
@@ -48,15 +52,13 @@ async def test_keys_are_kept_across_a_restart_while_the_partner_is_unreachable(t
     store = await SqliteStore.open(tmp_path / "node.sqlite3")
     try:
         async with aiohttp.ClientSession() as session:
-            partners = Partners("CN-AKL", [_partner(keys, url)], store, NodeMetrics())
-            await partners.load(session)
+            partners = await _partners(keys, url, store, session)
             assert partners.lookup(keys.signing_key.kid) is None  # nothing trusted before the first fetch
             assert await partners.refresh("KZ-DOS") is True
             assert partners.lookup(keys.signing_key.kid).owner == "KZ-DOS"  # type: ignore[union-attr]
             await runner.cleanup()  # the partner goes away
 
-            restarted = Partners("CN-AKL", [_partner(keys, url)], store, NodeMetrics())
-            await restarted.load(session)
+            restarted = await _partners(keys, url, store, session)
             assert await restarted.refresh("KZ-DOS") is False  # unreachable
             found = restarted.lookup(keys.signing_key.kid)
             assert found is not None and found.owner == "KZ-DOS"  # the last known good keys
@@ -73,8 +75,7 @@ async def test_a_swapped_key_set_is_refused_and_the_trusted_keys_stay(tmp_path: 
     store = await SqliteStore.open(tmp_path / "node.sqlite3")
     try:
         async with aiohttp.ClientSession() as session:
-            partners = Partners("CN-AKL", [_partner(keys, url)], store, NodeMetrics())
-            await partners.load(session)
+            partners = await _partners(keys, url, store, session)
             await partners.refresh("KZ-DOS")
             served.append(sign_statement(thieves.signing_key, 2, datetime.now(timezone.utc), thieves.keyring()))
             assert await partners.refresh("KZ-DOS") is False

@@ -116,8 +116,10 @@ async def test_no_statement_on_the_ingest_or_read_path_scans_a_table(store: Sqli
     await store.prune_delivered(NOW)
     theirs = RecordSigner("KZ-DOS", lambda: KEY).sign(write(seq=1, lock="LK-Y").event, recipients=("CN-AKL",))
     receipt = SIGNER.sign(Receipt(theirs.message_id, theirs.digest, ReceiptStatus.ACCEPTED, NOW))
-    await store.store_received([ReceivedWrite("KZ-DOS", theirs.digest, receipt, theirs, theirs.digest)])
-    assert await store.receipts_for([theirs.digest]) == {theirs.digest: receipt.jws}
+    await store.store_received(
+        [ReceivedWrite("KZ-DOS", theirs.digest, receipt, theirs.message_id, theirs, theirs.digest)]
+    )
+    assert await store.receipts_for([theirs.digest]) == {theirs.digest: (theirs.message_id, receipt.jws)}
     assert await store.received([theirs.message_id]) == {theirs.message_id: (theirs.digest, receipt.jws)}
 
     statements = ("SELECT", "WITH", "UPDATE", "DELETE")

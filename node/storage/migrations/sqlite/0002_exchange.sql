@@ -35,6 +35,7 @@ CREATE TABLE received (
 CREATE TABLE receipts_issued (
     received_digest    BLOB    PRIMARY KEY,
     partner            TEXT    NOT NULL,
+    received_message_id TEXT,                  -- where it was legible
     receipt_message_id TEXT    NOT NULL REFERENCES records(message_id)
 );
 
