@@ -170,7 +170,7 @@ def render_config(node_id: str, office: str, port: int) -> str:
     """The text of a new node's ``mrx.toml``, commented for its operator."""
     return f"""\
 # mrx node configuration. Paths are relative to this file.
-# Every key is documented in deploy/ and docs/operations.md; unknown keys are errors.
+# Every key is documented in docs/operations.md; unknown keys are errors.
 
 node_id = "{node_id}"      # this node's ID in message headers (CC-XXX)
 office = "{office}"        # UN/LOCODE of the customs office this node serves
