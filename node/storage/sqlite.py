@@ -792,56 +792,77 @@ def _apply_calls(db: sqlite3.Connection, calls: list[Callable[[sqlite3.Connectio
 
 def _apply_received(db: sqlite3.Connection, payloads: list[list[ReceivedWrite]]) -> list[list[ReceivedOutcome]]:
     """Store received messages with their receipts. Checked here, in the transaction, so that two copies
-    of one message arriving at once are stored once: the second gets the first's receipt."""
+    of one message arriving at once (or in one batch) are stored once: the second gets the first's receipt."""
+    writes = [w for payload in payloads for w in payload]
     stored_at = _ts(datetime.now(timezone.utc))
+    answered: dict[bytes, bytes] = {
+        bytes(digest): bytes(jws)
+        for digest, jws in _select_in(
+            db,
+            "SELECT i.received_digest, r.jws FROM receipts_issued i JOIN records r"
+            " ON r.message_id = i.receipt_message_id WHERE i.received_digest IN ({})",
+            [w.received_digest for w in writes],
+        )
+    }
+    ids = [str(w.record.message_id) for w in writes if w.record is not None]
+    firsts: dict[str, tuple[bytes | None, bytes]] = {
+        m: (bytes(digest), bytes(jws))
+        for m, digest, jws in _select_in(
+            db,
+            "SELECT v.message_id, v.payload_digest, r.jws FROM received v JOIN records r"
+            " ON r.message_id = v.receipt_message_id WHERE v.message_id IN ({})",
+            ids,
+        )
+    }
+    held = {m for (m,) in _select_in(db, "SELECT message_id FROM records WHERE message_id IN ({})", ids)}
     outcomes: list[ReceivedOutcome] = []
-    for write in (w for payload in payloads for w in payload):
-        answered = db.execute(
-            "SELECT r.jws FROM receipts_issued i JOIN records r ON r.message_id = i.receipt_message_id"
-            " WHERE i.received_digest = ?",
-            (write.received_digest,),
-        ).fetchone()
-        if answered is not None:  # these exact bytes were answered before
-            outcomes.append(ReceivedOutcome(WriteStatus.DUPLICATE, bytes(answered[0])))
+    records: list[SignedRecord] = []
+    received_rows, link_rows, issued_rows = [], [], []
+    for write in writes:
+        if write.received_digest in answered:  # these exact bytes were answered before
+            outcomes.append(ReceivedOutcome(WriteStatus.DUPLICATE, answered[write.received_digest]))
             continue
         if write.record is not None:
-            first = db.execute(
-                "SELECT v.payload_digest, r.jws FROM received v JOIN records r ON r.message_id = v.receipt_message_id"
-                " WHERE v.message_id = ?",
-                (str(write.record.message_id),),
-            ).fetchone()
-            if first is not None:
-                same = bytes(first[0]) == write.payload_digest
+            message_id = str(write.record.message_id)
+            if message_id in firsts:
+                digest, receipt = firsts[message_id]
                 outcomes.append(
-                    ReceivedOutcome(WriteStatus.DUPLICATE, bytes(first[1]))
-                    if same
+                    ReceivedOutcome(WriteStatus.DUPLICATE, receipt)
+                    if digest == write.payload_digest
                     else ReceivedOutcome(WriteStatus.KEY_CONFLICT, None)
                 )
                 continue
-            if db.execute("SELECT 1 FROM records WHERE message_id = ?", (str(write.record.message_id),)).fetchone():
-                outcomes.append(ReceivedOutcome(WriteStatus.KEY_CONFLICT, None))  # an ID this node holds already
+            if message_id in held:  # an ID this node holds already, not as a received message
+                outcomes.append(ReceivedOutcome(WriteStatus.KEY_CONFLICT, None))
                 continue
-            _insert_records(db, [write.record, write.receipt], stored_at, deliver=False)
-            db.execute(
-                "INSERT INTO received (message_id, partner, payload_digest, receipt_message_id, received_at)"
-                " VALUES (?,?,?,?,?)",
-                (str(write.record.message_id), write.partner, write.payload_digest, str(write.receipt.message_id),
-                 stored_at),
+            records += (write.record, write.receipt)
+            received_rows.append(
+                (message_id, write.partner, write.payload_digest, str(write.receipt.message_id), stored_at)
             )
-            _insert_links(
-                db, [(ref.type.value, ref.id, str(write.record.message_id)) for ref in write.consignment_refs]
-            )
+            link_rows.extend((ref.type.value, ref.id, message_id) for ref in write.consignment_refs)
+            firsts[message_id] = (write.payload_digest, write.receipt.jws)
+            held.add(message_id)
         else:
-            _insert_records(db, [write.receipt], stored_at, deliver=False)
-        db.execute(
-            "INSERT INTO receipts_issued (received_digest, partner, received_message_id, receipt_message_id)"
-            " VALUES (?,?,?,?)",
+            records.append(write.receipt)
+        issued_rows.append(
             (
                 write.received_digest, write.partner,
                 str(write.received_message_id) if write.received_message_id else None, str(write.receipt.message_id),
-            ),
+            )
         )
+        answered[write.received_digest] = write.receipt.jws
         outcomes.append(ReceivedOutcome(WriteStatus.ACCEPTED, write.receipt.jws))
+    _insert_records(db, records, stored_at, deliver=False)
+    db.executemany(
+        "INSERT INTO received (message_id, partner, payload_digest, receipt_message_id, received_at) VALUES (?,?,?,?,?)",
+        received_rows,
+    )
+    _insert_links(db, link_rows)
+    db.executemany(
+        "INSERT INTO receipts_issued (received_digest, partner, received_message_id, receipt_message_id)"
+        " VALUES (?,?,?,?)",
+        issued_rows,
+    )
     return _split(outcomes, [len(p) for p in payloads])
 
 

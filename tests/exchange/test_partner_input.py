@@ -334,3 +334,11 @@ def test_an_oversized_or_malformed_batch_is_refused_whole(setup: Setup) -> None:
     status, problem = _post(setup, many, sign_request(setup.dos.key, "KZ-DOS", "CN-AKL", "POST", EXCHANGE, many))
     assert (status, problem["code"]) == (413, "batch-too-large")
     assert Db(setup.node).value("SELECT COUNT(*) FROM records") == before
+
+
+def test_two_copies_in_one_batch_are_stored_once(setup: Setup) -> None:
+    record = setup.dos.record()
+    status, body = _send(setup, [record, record])
+    assert [r["status"] for r in body["results"]] == ["accepted", "duplicate"], body
+    assert body["results"][0]["receipt"] == body["results"][1]["receipt"]
+    assert _held(setup, record) == 1
