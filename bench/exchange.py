@@ -122,7 +122,8 @@ try:
         measure_parts,
         memory_kib,
         process_cpu,
-        render_profile,
+        print_report,
+        run_defaults,
         summarise_profile,
     )
     from mrx.node.config import Exchange
@@ -829,9 +830,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dir", help="where the nodes and the SQLite ceiling run (default: the system temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the nodes' directories afterwards")
     args = parser.parse_args(argv)
-    for name, normal, quick in (("duration", 10.0, 3.0), ("warmup", 2.0, 1.0), ("repeat", 3, 1)):
-        if getattr(args, name) is None:
-            setattr(args, name, quick if args.quick else normal)
+    run_defaults(args)
     if args.duration <= 0 or args.warmup < 0 or args.repeat < 1 or args.rate <= 0 or args.drain_timeout <= 0:
         parser.error("--duration, --rate and --drain-timeout must be positive, --warmup not negative, --repeat ≥ 1")
     return args
@@ -839,13 +838,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    report = benchmark(args)
-    print(render(report))
-    for entry in report.get("profiles", {}).values():
-        print(render_profile(entry))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
-    return 0
+    return print_report(args, benchmark(args), render)
 
 
 if __name__ == "__main__":

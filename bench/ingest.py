@@ -1064,23 +1064,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dir", help="where the node and the SQLite ceiling run (default: the system temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the node directory afterwards")
     args = parser.parse_args(argv)
-    for name, normal, quick in (("duration", 10.0, 3.0), ("warmup", 2.0, 1.0), ("repeat", 3, 1)):
-        if getattr(args, name) is None:
-            setattr(args, name, quick if args.quick else normal)
+    run_defaults(args)
     if args.duration <= 0 or args.warmup < 0 or args.repeat < 1 or args.rate <= 0:
         parser.error("--duration and --rate must be positive, --warmup not negative, --repeat at least 1")
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    report = benchmark(args)
-    print(render(report))
-    for entry in report.get("profiles", {}).values():
+def run_defaults(args: argparse.Namespace) -> None:
+    """Fill --duration, --warmup and --repeat left unset: a full run, or a --quick one."""
+    for name, normal, quick in (("duration", 10.0, 3.0), ("warmup", 2.0, 1.0), ("repeat", 3, 1)):
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else normal)
+
+
+def print_report(args: argparse.Namespace, figures: dict[str, Any], render_figures: Callable[[dict[str, Any]], str]) -> int:
+    """Print a benchmark's figures and its profiles; with --json, write them too."""
+    print(render_figures(figures))
+    for entry in figures.get("profiles", {}).values():
         print(render_profile(entry))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        Path(args.json).write_text(json.dumps(figures, indent=2, default=str) + "\n")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    return print_report(args, benchmark(args), render)
 
 
 if __name__ == "__main__":
