@@ -100,6 +100,7 @@ from lxml import etree
 
 from . import identifiers
 from .codes import (
+    AlarmType,
     ConsignmentReferenceType,
     ControlResultCode,
     ControlType,
@@ -115,6 +116,7 @@ from .codes import (
 )
 from .messages import (
     MESSAGE_TYPES,
+    Alarm,
     Body,
     ConsignmentReference,
     ControlResult,
@@ -401,6 +403,15 @@ def _control_result(c: ControlResult) -> str:
     )
 
 
+def _evidence(message_ids: tuple[UUID, ...]) -> str:
+    return "".join(
+        [
+            f"<Evidence><SequenceNumeric>{n}</SequenceNumeric><MessageID>{_uuid(message_id)}</MessageID></Evidence>"
+            for n, message_id in enumerate(message_ids, 1)
+        ]
+    )
+
+
 def _reasons(reasons: tuple[DecisionReasonEntry, ...]) -> str:
     return "".join(
         [
@@ -408,13 +419,8 @@ def _reasons(reasons: tuple[DecisionReasonEntry, ...]) -> str:
             f"<SequenceNumeric>{n}</SequenceNumeric>"
             f"<TypeCode>{_text(reason.code)}</TypeCode>"
             f"<Description>{_text(reason.description)}</Description>"
-            + "".join(
-                [
-                    f"<Evidence><SequenceNumeric>{m}</SequenceNumeric><MessageID>{_uuid(message_id)}</MessageID></Evidence>"
-                    for m, message_id in enumerate(reason.evidence, 1)
-                ]
-            )
-            + "</Reason>"
+            f"{_evidence(reason.evidence)}"
+            "</Reason>"
             for n, reason in enumerate(reasons, 1)
         ]
     )
@@ -459,6 +465,23 @@ def _unseal_authorization(a: UnsealAuthorization) -> str:
     )
 
 
+def _alarm(a: Alarm) -> str:
+    return (
+        "<Alarm>"
+        f"<AlarmID>{_uuid(a.alarm_id)}</AlarmID>"
+        f"<TypeCode>{_text(a.alarm_type)}</TypeCode>"
+        f"<RaisedDateTime>{_datetime(a.raised_at)}</RaisedDateTime>"
+        f"<OfficeLocationID>{_text(a.office)}</OfficeLocationID>"
+        f"<Lock><ID>{_text(a.lock_id)}</ID></Lock>"
+        f"<Seal><ID>{_text(a.seal_id)}</ID></Seal>"
+        f"<TransportEquipment><ID>{_text(a.container)}</ID></TransportEquipment>"
+        f"{_consignment_refs(a.consignment_refs)}"
+        f"<Description>{_text(a.description)}</Description>"
+        f"{_evidence(a.evidence)}"
+        "</Alarm>"
+    )
+
+
 def _receipt(r: Receipt) -> str:
     return (
         "<Acknowledgement>"
@@ -491,6 +514,8 @@ def _body(body: Body) -> str:
             return _recognition_decision(body)
         case UnsealAuthorization():
             return _unseal_authorization(body)
+        case Alarm():
+            return _alarm(body)
         case Receipt():
             return _receipt(body)
         case _:
@@ -632,6 +657,7 @@ _CONTROL_RESULTS: Final = _members(ControlResultCode)
 _DECISION_OUTCOMES: Final = _members(DecisionOutcome)
 _DECISION_REASONS: Final = _members(DecisionReason)
 _SEAL_CHAIN_VERDICTS: Final = _members(SealChainVerdict)
+_ALARM_TYPES: Final = _members(AlarmType)
 _RECEIPT_STATUSES: Final = _members(ReceiptStatus)
 
 
@@ -739,11 +765,15 @@ def _read_control_result(c: _Cursor) -> ControlResult:
     )
 
 
+def _read_evidence(c: _Cursor) -> tuple[UUID, ...]:
+    return tuple(c.uuid("MessageID") for _ in c.blocks("Evidence"))
+
+
 def _read_reason(c: _Cursor) -> DecisionReasonEntry:
     return DecisionReasonEntry(
         code=c.code(_DECISION_REASONS, "TypeCode"),
         description=c.text("Description"),
-        evidence=tuple(c.uuid("MessageID") for _ in c.blocks("Evidence")),
+        evidence=_read_evidence(c),
     )
 
 
@@ -785,6 +815,32 @@ def _read_unseal_authorization(c: _Cursor) -> UnsealAuthorization:
     )
 
 
+def _read_alarm(c: _Cursor) -> Alarm:
+    c.enter("Alarm")
+    alarm_id = c.uuid("AlarmID")
+    alarm_type = c.code(_ALARM_TYPES, "TypeCode")
+    raised_at = c.date_time("RaisedDateTime")
+    office = c.text("OfficeLocationID")
+    c.enter("Lock")
+    lock_id = c.text("ID")
+    c.enter("Seal")
+    seal_id = c.text("ID")
+    c.enter("TransportEquipment")
+    container = c.text("ID")
+    return Alarm(
+        alarm_id=alarm_id,
+        alarm_type=alarm_type,
+        raised_at=raised_at,
+        office=office,
+        lock_id=lock_id,
+        seal_id=seal_id,
+        container=container,
+        consignment_refs=_read_consignment_refs(c),
+        description=c.text("Description"),
+        evidence=_read_evidence(c),
+    )
+
+
 def _read_error(c: _Cursor) -> ReceiptError:
     return ReceiptError(
         code=c.text("ValidationCode"),
@@ -809,6 +865,7 @@ _READERS: Final[dict[str, Callable[[_Cursor], Body]]] = {
     MESSAGE_TYPES[ControlResult]: _read_control_result,
     MESSAGE_TYPES[RecognitionDecision]: _read_recognition_decision,
     MESSAGE_TYPES[UnsealAuthorization]: _read_unseal_authorization,
+    MESSAGE_TYPES[Alarm]: _read_alarm,
     MESSAGE_TYPES[Receipt]: _read_receipt,
 }
 
@@ -864,6 +921,11 @@ def _identifier_problem(body: Body) -> tuple[str, str] | None:
             if body.container is not None and (problem := _check_container(body.container)):
                 return problem, "/UnsealAuthorization/Authorization/TransportEquipment/ID"
             return None
+        case Alarm():
+            base = "/AlarmNotification/Alarm"
+            if problem := _check_container(body.container):
+                return problem, f"{base}/TransportEquipment/ID"
+            return _consignment_ref_problem(base, body.consignment_refs)
         case Receipt():
             return None
         case _:

@@ -110,6 +110,14 @@ class SealChainVerdict(StrEnum):
     UNKNOWN = "UNKNOWN"
 
 
+class AlarmType(StrEnum):
+    """Why a node raised an alarm about a seal."""
+
+    TAMPER = "TAMPER"  # the lock reported tamper or a housing breach
+    UNAUTHORISED_OPENING = "UNAUTHORISED_OPENING"  # opened without a valid, unused unseal authorisation
+    SEAL_CHAIN_BROKEN = "SEAL_CHAIN_BROKEN"  # a recognition decision found the chain broken
+
+
 class ReceiptStatus(StrEnum):
     ACCEPTED = "ACCEPTED"
     REJECTED = "REJECTED"

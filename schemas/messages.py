@@ -22,6 +22,7 @@ from decimal import Decimal
 from uuid import UUID
 
 from .codes import (
+    AlarmType,
     ConsignmentReferenceType,
     ControlResultCode,
     ControlType,
@@ -171,6 +172,25 @@ class UnsealAuthorization:
 
 
 @dataclass(frozen=True, slots=True)
+class Alarm:
+    """A node's signed alarm about a seal: tamper, an unauthorised opening, a broken chain.
+
+    ``evidence`` names the records (message IDs) that prove it, as a decision's reasons do.
+    """
+
+    alarm_id: UUID
+    alarm_type: AlarmType
+    raised_at: datetime
+    office: str  # UN/LOCODE of the office whose node raised it
+    lock_id: str
+    seal_id: str
+    container: str  # ISO 6346
+    description: str
+    consignment_refs: tuple[ConsignmentReference, ...] = ()
+    evidence: tuple[UUID, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ReceiptError:
     code: str
     description: str
@@ -188,7 +208,7 @@ class Receipt:
     errors: tuple[ReceiptError, ...] = ()
 
 
-Body = SealEvent | ControlResult | RecognitionDecision | UnsealAuthorization | Receipt
+Body = SealEvent | ControlResult | RecognitionDecision | UnsealAuthorization | Alarm | Receipt
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +224,7 @@ MESSAGE_TYPES: dict[type, str] = {
     ControlResult: "ControlResultNotification",
     RecognitionDecision: "RecognitionDecisionNotification",
     UnsealAuthorization: "UnsealAuthorization",
+    Alarm: "AlarmNotification",
     Receipt: "Receipt",
 }
 

@@ -45,7 +45,7 @@ bytes `codec.encode` has just written (it escapes every value, so they can
 hold no DTD, XInclude or foreign encoding); it exists because encode is on
 the hot path of ingest.
 
-`validate` picks the XSD by the root element, which must be one of the five
+`validate` picks the XSD by the root element, which must be one of the six
 message types in namespace ``urn:mrx:datamodel:MRX:1``, and reports the
 first error libxml2 logs: its line, the path of the element (`element_path`)
 and libxml2's sentence without Clark-notation names.

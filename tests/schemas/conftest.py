@@ -82,5 +82,5 @@ def xmllint() -> Xmllint:
 
 @pytest.fixture(scope="session")
 def xmlschema_validators() -> dict[str, xmlschema.XMLSchema10]:
-    """The five XSDs compiled by xmlschema: a pure-Python XSD 1.0 implementation, independent of libxml2."""
+    """The message XSDs compiled by xmlschema: a pure-Python XSD 1.0 implementation, independent of libxml2."""
     return {name: xmlschema.XMLSchema10(str(XSD_DIR / f"{name}.xsd")) for name in MESSAGE_TYPE_NAMES}

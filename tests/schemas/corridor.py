@@ -3,10 +3,12 @@
 A train leaves Chongqing (CNCQI) with container CSQU3054383 on wagon
 218124712173, sealed by China customs with an electronic lock; China customs
 inspects it at Alashankou (CNAKL) and keeps it sealed; Kazakhstan recognises
-that inspection at Dostyk (KZDOS); the lock reports positions on the way; at
-Małaszewicze (PLMAA) Poland refuses to recognise a second container whose
-seal chain broke, authorises unsealing CSQU3054383's lock, and the lock
-reports the opening. Receipts acknowledge a message and refuse another.
+that inspection at Dostyk (KZDOS); the lock reports positions on the way;
+near Brest (BYBQT) the lock of a second container reports tampering and
+Belarus raises an alarm; at Małaszewicze (PLMAA) Poland refuses to
+recognise that container's inspection, since its seal chain broke,
+authorises unsealing CSQU3054383's lock, and the lock reports the opening.
+Receipts acknowledge a message and refuse another.
 
 Each vector file is these messages encoded by `mrx.schemas.codec.encode`
 and indented for reading (`pretty`); ``test_vectors`` checks that decoding a
@@ -28,6 +30,7 @@ from lxml import etree
 
 from mrx.schemas import codec
 from mrx.schemas.codes import (
+    AlarmType,
     ConsignmentReferenceType,
     ControlResultCode,
     ControlType,
@@ -42,6 +45,7 @@ from mrx.schemas.codes import (
     SealTypeCode,
 )
 from mrx.schemas.messages import (
+    Alarm,
     Body,
     ConsignmentReference,
     ControlResult,
@@ -93,6 +97,7 @@ AUTHORIZATION_MESSAGE_ID = UUID("7c1e2a90-3b5d-4f61-8a0e-2d9c4b7f1a07")
 UNSEALED_MESSAGE_ID = UUID("7c1e2a90-3b5d-4f61-8a0e-2d9c4b7f1a08")
 ACCEPTED_RECEIPT_ID = UUID("7c1e2a90-3b5d-4f61-8a0e-2d9c4b7f1a09")
 REJECTED_RECEIPT_ID = UUID("7c1e2a90-3b5d-4f61-8a0e-2d9c4b7f1a0a")
+ALARM_MESSAGE_ID = UUID("7c1e2a90-3b5d-4f61-8a0e-2d9c4b7f1a0b")
 AUTHORIZATION_ID = UUID("3f9a6c12-0d47-4b8e-b1c5-6e2f8a4d9c70")
 
 
@@ -220,6 +225,27 @@ TAMPER_NEAR_BREST = _message(
         seal_type=SealTypeCode.ELECTRONIC,
         battery_percent=63,
     ),
+)
+
+ALARM_NEAR_BREST = _message(
+    ALARM_MESSAGE_ID,
+    "BY-SCC",
+    ("PL-KAS", "CN-GACC"),
+    datetime(2025, 3, 19, 22, 3, 42, 318000, tzinfo=UTC),
+    Alarm(
+        alarm_id=UUID("5d8b1f3a-7c2e-4a96-b0d4-3e6f9a1c5b21"),
+        alarm_type=AlarmType.TAMPER,
+        raised_at=datetime(2025, 3, 20, 1, 3, 42, tzinfo=timezone(timedelta(hours=3))),
+        office="BYBQT",
+        lock_id=SECOND_LOCK,
+        seal_id=SECOND_ELECTRONIC_SEAL,
+        container=SECOND_CONTAINER,
+        description="Lock LK-CQ-2025-00872 on TGHU8721607 reported tampering (event 164, seal broken) "
+        "near Brest, after the control at Alashankou. Inspect before any onward movement.",
+        consignment_refs=(CIM_NOTE, MANIFEST),
+        evidence=(TAMPER_MESSAGE_ID,),
+    ),
+    correlation_id=TAMPER_MESSAGE_ID,
 )
 
 RECOGNISED_AT_DOSTYK = _message(
@@ -357,6 +383,7 @@ VECTORS: dict[str, Message] = {
     "SealEventNotification--position-near-dostyk": POSITION_AT_DOSTYK,
     "SealEventNotification--tamper-near-brest": TAMPER_NEAR_BREST,
     "SealEventNotification--unsealed-at-malaszewicze": UNSEALED_AT_MALASZEWICZE,
+    "AlarmNotification--tamper-near-brest": ALARM_NEAR_BREST,
     "ControlResultNotification--non-intrusive-at-alashankou": CONTROL_AT_ALASHANKOU,
     "RecognitionDecisionNotification--recognised-at-dostyk": RECOGNISED_AT_DOSTYK,
     "RecognitionDecisionNotification--not-recognised-at-malaszewicze": NOT_RECOGNISED_AT_MALASZEWICZE,

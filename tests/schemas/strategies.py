@@ -14,6 +14,7 @@ from decimal import Decimal
 from hypothesis import strategies as st
 
 from mrx.schemas.codes import (
+    AlarmType,
     ConsignmentReferenceType,
     ControlResultCode,
     ControlType,
@@ -30,6 +31,7 @@ from mrx.schemas.codes import (
 from mrx.schemas.identifiers import iso6346_check_digit, luhn_check_digit
 from mrx.schemas.messages import (
     MESSAGE_TYPES,
+    Alarm,
     Body,
     ConsignmentReference,
     ControlResult,
@@ -221,6 +223,20 @@ unseal_authorizations = st.builds(
     remarks=st.none() | free_text,
 )
 
+alarms = st.builds(
+    Alarm,
+    alarm_id=st.uuids(),
+    alarm_type=st.sampled_from(AlarmType),
+    raised_at=datetimes,
+    office=locodes,
+    lock_id=device_ids,
+    seal_id=seal_ids,
+    container=containers(),
+    description=free_text,
+    consignment_refs=_tuples(consignment_references()),
+    evidence=_tuples(st.uuids()),
+)
+
 receipts = st.builds(
     Receipt,
     received_message_id=st.none() | st.uuids(),
@@ -235,6 +251,7 @@ BODIES: dict[str, st.SearchStrategy[Body]] = {
     MESSAGE_TYPES[ControlResult]: control_results,
     MESSAGE_TYPES[RecognitionDecision]: recognition_decisions,
     MESSAGE_TYPES[UnsealAuthorization]: unseal_authorizations,
+    MESSAGE_TYPES[Alarm]: alarms,
     MESSAGE_TYPES[Receipt]: receipts,
 }
 

@@ -245,6 +245,17 @@ def test_unknown_body_type() -> None:
             with_body(corridor.UNSEAL_AT_MALASZEWICZE, container="CSQU3054381"),
             "/UnsealAuthorization/Authorization/TransportEquipment/ID",
         ),
+        (
+            with_body(corridor.ALARM_NEAR_BREST, container="TGHU8721606"),
+            "/AlarmNotification/Alarm/TransportEquipment/ID",
+        ),
+        (
+            with_body(
+                corridor.ALARM_NEAR_BREST,
+                consignment_refs=(corridor.MANIFEST, ConsignmentReference(ConsignmentReferenceType.CIM, "70268 1")),
+            ),
+            "/AlarmNotification/Alarm/ConsignmentReference[2]/ID",
+        ),
     ],
 )
 def test_check_digits_are_refused_with_a_pointer(message: Message, pointer: str) -> None:

@@ -26,7 +26,7 @@ def parse(path: Path) -> etree._Element:
     return etree.parse(str(path)).getroot()
 
 
-def test_the_directory_holds_the_five_messages_and_common() -> None:
+def test_the_directory_holds_one_xsd_per_message_and_common() -> None:
     assert {p.name for p in ALL_XSDS} == {"common.xsd"} | {f"{n}.xsd" for n in MESSAGE_TYPE_NAMES}
 
 
@@ -52,8 +52,8 @@ def test_common_declares_no_element() -> None:
     assert parse(XSD_DIR / "common.xsd").findall(f"{XS}element") == []
 
 
-def test_the_five_schemas_compose_into_one_namespace(tmp_path: Path) -> None:
-    """A partner may load all five at once: no type name may clash."""
+def test_the_message_schemas_compose_into_one_namespace(tmp_path: Path) -> None:
+    """A partner may load them all at once: no type name may clash."""
     includes = "".join(f'<xs:include schemaLocation="{p.as_uri()}"/>' for p in MESSAGE_XSDS)
     combined = tmp_path / "all.xsd"
     combined.write_text(
