@@ -22,18 +22,33 @@ from urllib.parse import urlencode
 from uuid import UUID
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from mrx.keys.jws import JwsError, max_compact_bytes
 from mrx.keys.keyring import KeyStore
 from mrx.schemas import identifiers
+from mrx.schemas.messages import ConsignmentReference
 from mrx.schemas.xml import XmlError
 
 from . import openapi
 from .access import Access
 from .body import parse_json, read_body
 from .config import NodeConfig
-from .ingest import EventResult, Ingest, validate
-from .inputs import SEAL_ID, TOKEN, ItineraryIn
+from .access import Caller
+from .deciding import Recognition
+from .ingest import EventResult, Ingest, validate, validation_problem
+from .inputs import (
+    SEAL_ID,
+    TOKEN,
+    AcknowledgementIn,
+    ArrivalIn,
+    ConsignmentReferenceIn,
+    ItineraryIn,
+    TargetingIn,
+    UnsealAuthorizationIn,
+)
+from .readmodel import alarm_json, consignment_view, container_view, decision_json, ref_json
+from .unsealing import Unsealing, state_of
 from .partners import Partners
 from .receiving import MessageResult, Receiver
 from .routing import Router
@@ -41,7 +56,7 @@ from .sending import Deliveries
 from .metrics import NodeMetrics
 from .problems import PROBLEM_MEDIA_TYPE, Problem
 from .records import RecordError, own_keys, verify_record
-from .storage import Delivery, InvalidCursor, Itinerary, OutboxItem, Store, TimelineEntry, TimelineKey
+from .storage import Delivery, InvalidCursor, Itinerary, OutboxItem, Store, Targeting, TimelineEntry, TimelineKey
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +129,8 @@ class NodeApi:
     receiver: Receiver
     deliveries: Deliveries
     router: Router
+    recognition: Recognition
+    unsealing: Unsealing
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -126,6 +143,16 @@ class NodeApi:
             web.get("/v1/exchange/partners/{node_id}/messages", self.get_partner_messages),
             web.get("/v1/outbox", self.get_outbox),
             web.post("/v1/outbox/{partner}/retry", self.post_outbox_retry),
+            web.post("/v1/arrivals", self.post_arrival),
+            web.post("/v1/consignments/{ref_type}/{ref_id}/decision", self.post_decision),
+            web.post("/v1/consignments/{ref_type}/{ref_id}/targeting", self.post_targeting),
+            web.get("/v1/consignments/{ref_type}/{ref_id}", self.get_consignment),
+            web.get("/v1/containers/{container}", self.get_container),
+            web.post("/v1/unseal-authorizations", self.post_unseal_authorization),
+            web.get("/v1/unseal-authorizations", self.get_unseal_authorizations),
+            web.get("/v1/unseal-authorizations/{authorization_id}", self.get_unseal_authorization),
+            web.get("/v1/alarms", self.get_alarms),
+            web.post("/v1/alarms/{alarm_id}/acknowledgement", self.post_alarm_acknowledgement),
             web.get("/v1/containers/{container}/events", self.get_container_events),
             web.get("/v1/seals/{seal_id}/events", self.get_seal_events),
             web.get("/v1/locks/{lock_id}/events", self.get_lock_events),
@@ -229,6 +256,159 @@ class NodeApi:
                 "unserved_offices": list(self.router.unserved(itinerary.offices)),
             }
         )
+
+    # -- recognition at the border (docs/recognition.md) ------------------------
+
+    def _consignment(self, request: web.Request) -> ConsignmentReference:
+        data = {"type": request.match_info["ref_type"], "id": request.match_info["ref_id"]}
+        try:
+            return ConsignmentReferenceIn.model_validate(data).to_domain()
+        except ValidationError as exc:
+            raise Problem(
+                "invalid-parameter",
+                f"{data['type']}/{data['id'][:40]} is not a consignment reference: {validation_problem(exc).detail}",
+            ) from None
+
+    async def post_arrival(self, request: web.Request) -> web.Response:
+        """The national system notifies an arrival at this office: decide for each consignment."""
+        await self.access.authenticate(request.headers.get("Authorization"), "national")
+        data: ArrivalIn = validate(ArrivalIn, await self._json_body(request))
+        decided = await self.recognition.arrive(
+            [c.to_domain() for c in data.consignments], data.arrived_at, tuple(data.containers)
+        )
+        return json_response({"decisions": [decision_json(d.body, d.record, issued=d.issued) for d in decided]})
+
+    async def post_decision(self, request: web.Request) -> web.Response:
+        """Decide now, on demand, as of the arrival if there was one."""
+        await self.access.authenticate(request.headers.get("Authorization"), "national")
+        decided = await self.recognition.decide(self._consignment(request))
+        return json_response(decision_json(decided.body, decided.record, issued=decided.issued))
+
+    async def post_targeting(self, request: web.Request) -> web.Response:
+        """National targeting: always wins over recognition; decided again at once if the consignment arrived."""
+        await self.access.authenticate(request.headers.get("Authorization"), "national")
+        ref = self._consignment(request)
+        data: TargetingIn = validate(TargetingIn, await self._json_body(request))
+        decided = await self.recognition.target(ref, Targeting(data.reference, data.reason, datetime.now(timezone.utc)))
+        return json_response(
+            {
+                "consignment": ref_json(ref),
+                "targeting": {"reference": data.reference, "reason": data.reason},
+                "decision": decision_json(decided.body, decided.record, issued=decided.issued) if decided else None,
+            }
+        )
+
+    async def get_consignment(self, request: web.Request) -> web.Response:
+        await self.access.authenticate(request.headers.get("Authorization"), "national", "auditor")
+        ref = self._consignment(request)
+        return json_response(await consignment_view(ref, self.store, self.router, self.recognition))
+
+    async def get_container(self, request: web.Request) -> web.Response:
+        await self.access.authenticate(request.headers.get("Authorization"), "national", "auditor")
+        container = request.match_info["container"]
+        _check_param(identifiers.check_container(container))
+        return json_response(await container_view(container, self.store, self.router))
+
+    async def post_unseal_authorization(self, request: web.Request) -> web.Response:
+        """An officer authorises opening one lock at this office, once, within a window (unsealing.py)."""
+        await self.access.authenticate(request.headers.get("Authorization"), "national")
+        data: UnsealAuthorizationIn = validate(UnsealAuthorizationIn, await self._json_body(request))
+        body, record = await self.unsealing.authorise(data)
+        return json_response(
+            {
+                "authorization_id": str(body.authorization_id),
+                "message_id": str(record.message_id),
+                "lock_id": body.lock_id,
+                "seal_id": body.seal_id,
+                "container": body.container,
+                "office": body.office,
+                "valid_from": _iso(body.valid_from),
+                "valid_to": _iso(body.valid_to),
+                "recipients": list(record.recipients),
+                "jws": record.jws.decode("ascii"),
+            },
+            status=201,
+            headers={"Location": f"/v1/unseal-authorizations/{body.authorization_id}"},
+        )
+
+    async def get_unseal_authorizations(self, request: web.Request) -> web.Response:
+        """A gateway fetches the authorisations for one of its locks: each a JWS its lock can verify."""
+        caller = await self.access.authenticate(request.headers.get("Authorization"), "gateway", "national")
+        lock_id = request.query.get("lock_id", "")
+        _check_shape(lock_id, TOKEN, "lock_id")
+        self._check_lock_scope(caller, lock_id)
+        now = datetime.now(timezone.utc)
+        entries = await self.store.authorisations([lock_id])
+        return json_response(
+            {
+                "lock_id": lock_id,
+                "authorizations": [
+                    {
+                        "authorization_id": str(e.authorisation.authorization_id),
+                        "issuer": e.issuer,
+                        "seal_id": e.authorisation.seal_id,
+                        "office": e.authorisation.office,
+                        "valid_from": _iso(e.authorisation.valid_from),
+                        "valid_to": _iso(e.authorisation.valid_to),
+                        "state": state_of(e, now).value,
+                        "used_by": str(e.used_by) if e.used_by else None,
+                        "jws": e.jws.decode("ascii"),
+                    }
+                    for e in entries
+                ],
+            }
+        )
+
+    async def get_unseal_authorization(self, request: web.Request) -> web.Response:
+        caller = await self.access.authenticate(request.headers.get("Authorization"), "gateway", "national")
+        try:
+            authorization_id = UUID(request.match_info["authorization_id"])
+        except ValueError:
+            raise Problem("invalid-parameter", "the authorisation ID is a UUID") from None
+        entry = await self.store.authorisation(authorization_id)
+        if entry is None:
+            raise Problem("not-found", f"this node holds no unseal authorisation {authorization_id}")
+        self._check_lock_scope(caller, entry.authorisation.lock_id)
+        return web.Response(
+            body=entry.jws,
+            content_type=JWS_MEDIA_TYPE,
+            headers={"Mrx-Authorization-State": state_of(entry, datetime.now(timezone.utc)).value},
+        )
+
+    def _check_lock_scope(self, caller: Caller, lock_id: str) -> None:
+        if caller.credential.role == "gateway" and not caller.may_use_lock(lock_id):
+            raise Problem(
+                "lock-out-of-scope",
+                f"gateway {caller.name!r} may not act for lock {lock_id!r}; ask the node operator to add it to its scope",
+            )
+
+    async def get_alarms(self, request: web.Request) -> web.Response:
+        await self.access.authenticate(request.headers.get("Authorization"), "national", "auditor")
+        limit = _int_param(request, "limit", self.config.limits.page_size, 1, 1000)
+        after = _int_param(request, "after", 0, 0, 2**62)
+        open_only = request.query.get("open", "false")
+        if open_only not in ("true", "false"):
+            raise Problem("invalid-parameter", "open is true or false")
+        container = request.query.get("container")
+        if container is not None:
+            _check_param(identifiers.check_container(container))
+        entries = await self.store.alarms(container=container, open_only=open_only == "true", after=after, limit=limit)
+        next_link = None
+        if len(entries) == limit:
+            next_link = f"{request.path}?{urlencode({**request.query, 'after': entries[-1].seq})}"
+        return json_response({"alarms": [alarm_json(e) for e in entries], "next": next_link})
+
+    async def post_alarm_acknowledgement(self, request: web.Request) -> web.Response:
+        await self.access.authenticate(request.headers.get("Authorization"), "national")
+        try:
+            alarm_id = UUID(request.match_info["alarm_id"])
+        except ValueError:
+            raise Problem("invalid-parameter", "the alarm ID is a UUID") from None
+        data: AcknowledgementIn = validate(AcknowledgementIn, await self._json_body(request))
+        entry = await self.store.acknowledge_alarm(alarm_id, data.officer, datetime.now(timezone.utc))
+        if entry is None:
+            raise Problem("not-found", f"this node holds no alarm {alarm_id}")
+        return json_response(alarm_json(entry))
 
     # -- exchange with partners (docs/protocol.md) ----------------------------
 

@@ -16,6 +16,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mrx.schemas.codes import ControlResultCode, ControlType
+
 CONFIG_NAME = "mrx.toml"
 DEFAULT_PORT = 8470
 
@@ -88,6 +90,31 @@ class Exchange(BaseModel):
     route_to: str = Field(default="downstream", pattern=r"^(downstream|itinerary)$")
 
 
+class AgreementTerms(BaseModel):
+    """A mutual-recognition agreement with one partner (docs/recognition.md)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9 ./_\-]{0,33}[A-Za-z0-9])?$")]
+    partner: NodeId  # the partner whose inspections this agreement recognises
+    control_types: Annotated[list[Annotated[ControlType, Field(strict=False)]], Field(min_length=1)]
+    result_codes: Annotated[list[Annotated[ControlResultCode, Field(strict=False)]], Field(min_length=1)]
+    excluded_hs_prefixes: list[Annotated[str, Field(pattern=r"^[0-9]{2,10}$")]] = []
+    max_age_hours: Annotated[float, Field(gt=0, le=8760)] | None = None
+    require_intact_chain: bool = True
+    # Partner offices whose unseal authorisations count in a seal chain (this node's own always count).
+    unseal_offices: list[Locode] = []
+
+
+class Recognition(BaseModel):
+    """How seal chains are judged (docs/recognition.md)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    reporting_period_minutes: int = Field(default=60, ge=1, le=7 * 24 * 60)  # longest silence of a lock in transit
+    clock_tolerance_seconds: int = Field(default=300, ge=0, le=3600)  # how far two clocks may disagree
+
+
 class NodeConfig(BaseModel):
     """What ``mrx.toml`` holds. Paths are resolved against ``base_dir``."""
 
@@ -105,6 +132,8 @@ class NodeConfig(BaseModel):
     signing: Signing = Signing()
     exchange: Exchange = Exchange()
     partners: list[Partner] = []
+    agreements: list[AgreementTerms] = []
+    recognition: Recognition = Recognition()
 
     base_dir: Path = Field(default=Path("."), exclude=True)
 
@@ -117,6 +146,13 @@ class NodeConfig(BaseModel):
             if partner.node_id in seen:
                 raise ValueError(f"partner {partner.node_id} is listed twice")
             seen.add(partner.node_id)
+        agreed: set[str] = set()
+        for terms in self.agreements:
+            if terms.partner not in seen:
+                raise ValueError(f"agreement {terms.id} is with {terms.partner}, which is not a listed partner")
+            if terms.partner in agreed:
+                raise ValueError(f"there are two agreements with {terms.partner}; one partner has one agreement")
+            agreed.add(terms.partner)
         return self
 
     def partner(self, node_id: str) -> Partner | None:
@@ -197,12 +233,27 @@ route_to = "downstream"    # itinerary offices that get records: "downstream" of
 batch_size = 200           # records per request to a partner when there is a backlog
 retry_max_seconds = 60     # backoff cap after failures to reach a partner
 
+[recognition]
+reporting_period_minutes = 60  # longest a lock in transit may stay silent before its chain is UNKNOWN
+clock_tolerance_seconds = 300  # how far a lock's clock may disagree with its gateway's
+
 # Partner nodes, one [[partners]] table each (docs/protocol.md):
 # [[partners]]
 # node_id = "KZ-DOS"
 # url = "https://mrx.dostyk.example"
 # anchors = ["<RFC 7638 thumbprint of the partner's key, confirmed out of band>"]
 # offices = ["KZDOS"]
+#
+# Mutual-recognition agreements, one per partner (docs/recognition.md):
+# [[agreements]]
+# id = "CN-KZ-2026"
+# partner = "KZ-DOS"
+# control_types = ["physical", "non-intrusive"]
+# result_codes = ["A1", "A2"]
+# excluded_hs_prefixes = ["93"]
+# max_age_hours = 72
+# require_intact_chain = true
+# unseal_offices = ["KZDOS"]
 """
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -31,7 +32,7 @@ from uuid import UUID
 from pydantic import BaseModel, ValidationError
 
 from mrx.keys.keyring import KeyStoreError
-from mrx.schemas.messages import SealEvent
+from mrx.schemas.messages import Body, SealEvent
 from mrx.schemas.xml import XmlError
 
 from .access import Caller
@@ -106,6 +107,8 @@ class Ingest:
         self._signing = signing
         self._office = office
         self._metrics = metrics
+        # Told of every new record after its commit: (message ID, sender, body); recognition listens.
+        self.on_stored: Callable[[list[tuple[UUID, str, Body]]], None] | None = None
 
     async def seal_events(self, gateway: Caller, items: list[Any], pointer_prefix: str = "") -> list[EventResult]:
         receipt_time = datetime.now(timezone.utc)
@@ -136,8 +139,13 @@ class Ingest:
             else:
                 writes.append(SealEventWrite(outcome, event, digest))
                 stored.append(index)
-        for index, outcome in zip(stored, await self._store.store_seal_events(writes), strict=True):
+        fresh: list[tuple[UUID, str, Body]] = []
+        for index, write, outcome in zip(stored, writes, await self._store.store_seal_events(writes), strict=True):
             results[index] = _event_result(index, outcome)
+            if outcome.status is WriteStatus.ACCEPTED:
+                fresh.append((write.record.message_id, write.record.sender, write.event))
+        if fresh and self.on_stored is not None:
+            self.on_stored(fresh)
         done = [r for r in results if r is not None]
         self._count(done)
         return done
@@ -162,6 +170,8 @@ class Ingest:
         write = ControlResultWrite(signed, result, content_hash(result_in))
         outcome = await self._store.store_control_result(write)
         self._metrics.control_results.labels(outcome.status.value).inc()
+        if outcome.status is WriteStatus.ACCEPTED and self.on_stored is not None:
+            self.on_stored([(signed.message_id, signed.sender, result)])
         if outcome.status is WriteStatus.KEY_CONFLICT or outcome.message_id is None:
             raise Problem(
                 "control-id-conflict",

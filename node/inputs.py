@@ -14,7 +14,7 @@ Each model converts itself into the frozen domain value of
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Annotated, Any
 from uuid import UUID
@@ -43,6 +43,7 @@ from mrx.schemas.messages import (
 )
 
 STRICT = ConfigDict(strict=True, extra="forbid", frozen=True)
+MAX_UNSEAL_WINDOW = timedelta(days=7)  # an authorisation is for one opening, soon
 
 
 def _rfc3339(value: Any) -> datetime:
@@ -273,3 +274,52 @@ class ItineraryIn(BaseModel):
         if len(set(self.containers)) != len(self.containers):
             raise ValueError("a container is listed twice")
         return self
+
+
+class ArrivalIn(BaseModel):
+    """The national system's arrival notice: consignments at this node's office, and when."""
+
+    model_config = STRICT
+
+    consignments: Annotated[list[ConsignmentReferenceIn], Field(min_length=1, max_length=50)]
+    arrived_at: DateTime
+    containers: Annotated[list[Container], Field(max_length=200)] = []
+
+
+class TargetingIn(BaseModel):
+    """The national system marks a consignment for inspection from its own risk analysis."""
+
+    model_config = STRICT
+
+    reference: Token  # the national system's reference for the instruction
+    reason: Text
+
+
+class UnsealAuthorizationIn(BaseModel):
+    """An officer's request to authorise opening one lock at this node's office within a window."""
+
+    model_config = STRICT
+
+    lock_id: Token
+    seal_id: SealId
+    container: Container
+    valid_from: DateTime
+    valid_to: DateTime
+    officer: Name
+    remarks: Text | None = None
+
+    @model_validator(mode="after")
+    def _window(self) -> UnsealAuthorizationIn:
+        if self.valid_to <= self.valid_from:
+            raise ValueError("valid_to must be later than valid_from")
+        if self.valid_to - self.valid_from > MAX_UNSEAL_WINDOW:
+            raise ValueError(f"the window may last at most {MAX_UNSEAL_WINDOW.days} days; authorise a shorter one")
+        return self
+
+
+class AcknowledgementIn(BaseModel):
+    """An officer acknowledges an alarm."""
+
+    model_config = STRICT
+
+    officer: Name

@@ -79,6 +79,21 @@ class NodeMetrics:
             ["partner", "outcome"], registry=r,
         )
         self.itineraries = Gauge("mrx_itineraries", "Itineraries the router holds", registry=r)
+        # Recognition (docs/recognition.md)
+        self.decisions = Counter(
+            "mrx_decisions", "Recognition decisions taken, by outcome and whether issued (false: unchanged)",
+            ["outcome", "issued"], registry=r,
+        )
+        self.decision_seconds = Histogram(
+            "mrx_decision_seconds", "Time to take, sign and store a decision", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.alarms = Counter("mrx_alarms", "Alarms this node raised, by type", ["type"], registry=r)
+        self.recognition_errors = Counter(
+            "mrx_recognition_errors", "Background recognition work that failed (see the log)", registry=r
+        )
+        self.unseal_authorizations = Counter(
+            "mrx_unseal_authorizations", "Unseal authorisations issued", registry=r
+        )
         # Background jobs (APScheduler)
         self.job_runs = Counter("mrx_job_runs", "Background job runs, by outcome", ["job", "outcome"], registry=r)
         self.job_last_success = Gauge(

@@ -11,7 +11,19 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from .inputs import SEAL_ID, TOKEN, ControlResultIn, ItineraryIn, SealEventIn
+from mrx.schemas.codes import AlarmType, ConsignmentReferenceType, DecisionOutcome, DecisionReason, SealChainVerdict
+
+from .inputs import (
+    SEAL_ID,
+    TOKEN,
+    AcknowledgementIn,
+    ArrivalIn,
+    ControlResultIn,
+    ItineraryIn,
+    SealEventIn,
+    TargetingIn,
+    UnsealAuthorizationIn,
+)
 from .problems import CATALOGUE
 
 _REF = "#/components/schemas/{model}"
@@ -64,7 +76,9 @@ def _timeline_path(param: str, pattern: str, description: str, with_gaps: bool =
 @cache
 def document() -> dict[str, Any]:
     schemas: dict[str, Any] = {}
-    for model in (SealEventIn, ControlResultIn, ItineraryIn):
+    for model in (
+        SealEventIn, ControlResultIn, ItineraryIn, ArrivalIn, TargetingIn, UnsealAuthorizationIn, AcknowledgementIn,
+    ):
         schema = model.model_json_schema(ref_template=_REF)
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
@@ -220,6 +234,145 @@ def document() -> dict[str, Any]:
             },
         },
     }
+    uuid = {"type": "string", "format": "uuid"}
+    ref = {
+        "type": "object", "required": ["type", "id"],
+        "properties": {"type": {"type": "string"}, "id": {"type": "string"}},
+    }
+    reason = {
+        "type": "object",
+        "required": ["code", "description", "evidence"],
+        "properties": {
+            "code": {"type": "string", "enum": [c.value for c in DecisionReason]},
+            "description": {"type": "string"},
+            "evidence": {"type": "array", "items": uuid, "description": "message IDs of the records that prove it"},
+        },
+    }
+    schemas["Decision"] = {
+        "type": "object",
+        "required": ["message_id", "decision_id", "office", "consignments", "outcome", "decided_at", "reasons"],
+        "properties": {
+            "message_id": uuid,
+            "sender": {"type": "string"},
+            "decision_id": uuid,
+            "office": {"type": "string"},
+            "consignments": {"type": "array", "items": ref},
+            "outcome": {"type": "string", "enum": [o.value for o in DecisionOutcome]},
+            "decided_at": {"type": "string", "format": "date-time"},
+            "containers": {"type": "array", "items": {"type": "string"}},
+            "control_result_message_id": {"type": ["string", "null"]},
+            "seal_chain_verdict": {"type": ["string", "null"], "enum": [v.value for v in SealChainVerdict] + [None]},
+            "agreement_id": {"type": ["string", "null"]},
+            "reasons": {"type": "array", "items": reason},
+            "issued": {
+                "type": "boolean",
+                "description": "false: the same as the latest decision, so no new decision was issued",
+            },
+        },
+    }
+    schemas["DecisionList"] = {
+        "type": "object", "required": ["decisions"],
+        "properties": {"decisions": {"type": "array", "items": _ref("Decision")}},
+    }
+    schemas["TargetingAccepted"] = {
+        "type": "object",
+        "required": ["consignment", "targeting", "decision"],
+        "properties": {
+            "consignment": ref,
+            "targeting": {"type": "object"},
+            "decision": {"oneOf": [_ref("Decision"), {"type": "null"}]},
+        },
+    }
+    schemas["ConsignmentView"] = {
+        "type": "object",
+        "description": "Everything an officer needs on one screen (docs/recognition.md)",
+        "required": [
+            "consignment", "office", "itinerary", "arrival", "targeting", "control_results", "seal_chains",
+            "evaluation_now", "decisions", "alarms",
+        ],
+        "properties": {
+            "consignment": ref,
+            "office": {"type": "string"},
+            "itinerary": {"type": ["object", "null"]},
+            "arrival": {"type": ["object", "null"]},
+            "targeting": {"type": "array", "items": {"type": "object"}},
+            "control_results": {"type": "array", "items": {"type": "object"}},
+            "seal_chains": {"type": "array", "items": {"type": "object"}},
+            "evaluation_now": {"type": "object"},
+            "decisions": {"type": "array", "items": _ref("Decision")},
+            "alarms": {"type": "array", "items": _ref("Alarm")},
+        },
+    }
+    schemas["ContainerView"] = {
+        "type": "object",
+        "required": ["container", "consignments", "events", "alarms"],
+        "properties": {
+            "container": {"type": "string"},
+            "consignments": {"type": "array", "items": {"type": "object"}},
+            "events": {"type": "array", "items": {"type": "object"}},
+            "alarms": {"type": "array", "items": _ref("Alarm")},
+        },
+    }
+    schemas["Alarm"] = {
+        "type": "object",
+        "required": ["position", "alarm_id", "message_id", "raised_by", "type", "container", "raised_at", "description"],
+        "properties": {
+            "position": {"type": "integer"},
+            "alarm_id": uuid,
+            "message_id": uuid,
+            "raised_by": {"type": "string"},
+            "type": {"type": "string", "enum": [t.value for t in AlarmType]},
+            "office": {"type": "string"},
+            "lock_id": {"type": "string"},
+            "seal_id": {"type": "string"},
+            "container": {"type": "string"},
+            "raised_at": {"type": "string", "format": "date-time"},
+            "description": {"type": "string"},
+            "consignments": {"type": "array", "items": ref},
+            "evidence": {"type": "array", "items": uuid},
+            "acknowledged_at": {"type": ["string", "null"]},
+            "acknowledged_by": {"type": ["string", "null"]},
+        },
+    }
+    schemas["AlarmList"] = {
+        "type": "object", "required": ["alarms", "next"],
+        "properties": {"alarms": {"type": "array", "items": _ref("Alarm")}, "next": {"type": ["string", "null"]}},
+    }
+    schemas["UnsealAuthorizationIssued"] = {
+        "type": "object",
+        "required": ["authorization_id", "message_id", "lock_id", "seal_id", "office", "valid_from", "valid_to", "jws"],
+        "properties": {
+            "authorization_id": uuid,
+            "message_id": uuid,
+            "lock_id": {"type": "string"},
+            "seal_id": {"type": "string"},
+            "container": {"type": "string"},
+            "office": {"type": "string"},
+            "valid_from": {"type": "string", "format": "date-time"},
+            "valid_to": {"type": "string", "format": "date-time"},
+            "recipients": {"type": "array", "items": {"type": "string"}},
+            "jws": {"type": "string", "description": "the signed UnsealAuthorization, compact JWS"},
+        },
+    }
+    schemas["UnsealAuthorizationList"] = {
+        "type": "object",
+        "required": ["lock_id", "authorizations"],
+        "properties": {
+            "lock_id": {"type": "string"},
+            "authorizations": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["authorization_id", "state", "jws"],
+                    "properties": {
+                        "authorization_id": uuid,
+                        "state": {"type": "string", "enum": ["pending", "valid", "used", "expired"]},
+                        "jws": {"type": "string"},
+                    },
+                },
+            },
+        },
+    }
     schemas["MessageBatch"] = {
         "type": "object",
         "additionalProperties": False,
@@ -284,6 +437,13 @@ def document() -> dict[str, Any]:
         },
     }
     node_param = {"name": "node_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    ref_params = [
+        {
+            "name": "ref_type", "in": "path", "required": True,
+            "schema": {"type": "string", "enum": [t.value for t in ConsignmentReferenceType]},
+        },
+        {"name": "ref_id", "in": "path", "required": True, "schema": {"type": "string"}},
+    ]
     paths: dict[str, Any] = {
         "/v1/seal-events": {
             "post": {
@@ -357,6 +517,120 @@ def document() -> dict[str, Any]:
                 "responses": {
                     "200": _json(_ref("ItineraryAccepted"), "The itinerary is stored"),
                     **_problems(400, 401, 403, 413, 415, 422),
+                },
+            }
+        },
+        "/v1/arrivals": {
+            "post": {
+                "summary": "The national system notifies an arrival at this office; a decision is taken for each consignment",
+                "security": _BEARER,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ArrivalIn")}}},
+                "responses": {
+                    "200": _json(_ref("DecisionList"), "The signed decisions"),
+                    **_problems(400, 401, 403, 413, 415, 422, 503),
+                },
+            }
+        },
+        "/v1/consignments/{ref_type}/{ref_id}": {
+            "get": {
+                "summary": "The officer's screen: itinerary, control results, seal chains, decisions, alarms",
+                "security": _BEARER,
+                "parameters": ref_params,
+                "responses": {"200": _json(_ref("ConsignmentView"), "The consignment"), **_problems(400, 401, 403)},
+            }
+        },
+        "/v1/consignments/{ref_type}/{ref_id}/decision": {
+            "post": {
+                "summary": "Take a recognition decision now (as of the arrival, if the consignment has arrived)",
+                "security": _BEARER,
+                "parameters": ref_params,
+                "responses": {"200": _json(_ref("Decision"), "The signed decision"), **_problems(400, 401, 403, 503)},
+            }
+        },
+        "/v1/consignments/{ref_type}/{ref_id}/targeting": {
+            "post": {
+                "summary": "National targeting: inspect this consignment whatever recognition says",
+                "security": _BEARER,
+                "parameters": ref_params,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("TargetingIn")}}},
+                "responses": {
+                    "200": _json(_ref("TargetingAccepted"), "Stored; decided again if the consignment has arrived"),
+                    **_problems(400, 401, 403, 413, 415, 422, 503),
+                },
+            }
+        },
+        "/v1/containers/{container}": {
+            "get": {
+                "summary": "A container: the consignments it travels for, its lock events, its alarms",
+                "security": _BEARER,
+                "parameters": [{"name": "container", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": _json(_ref("ContainerView"), "The container"), **_problems(400, 401, 403)},
+            }
+        },
+        "/v1/unseal-authorizations": {
+            "post": {
+                "summary": "Authorise opening one lock at this office, once, within a window",
+                "security": _BEARER,
+                "requestBody": {
+                    "required": True, "content": {"application/json": {"schema": _ref("UnsealAuthorizationIn")}}
+                },
+                "responses": {
+                    "201": _json(_ref("UnsealAuthorizationIssued"), "The signed authorisation"),
+                    **_problems(400, 401, 403, 413, 415, 422, 503),
+                },
+            },
+            "get": {
+                "summary": "A lock's unseal authorisations, each a JWS the lock can verify with the node's key",
+                "security": _BEARER,
+                "parameters": [
+                    {"name": "lock_id", "in": "query", "required": True, "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": _json(_ref("UnsealAuthorizationList"), "The authorisations and their states"),
+                    **_problems(400, 401, 403),
+                },
+            },
+        },
+        "/v1/unseal-authorizations/{authorization_id}": {
+            "get": {
+                "summary": "One unseal authorisation as its compact JWS",
+                "security": _BEARER,
+                "parameters": [
+                    {"name": "authorization_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The compact JWS; Mrx-Authorization-State says pending, valid, used or expired",
+                        "content": {"application/jose": {"schema": {"type": "string"}}},
+                    },
+                    **_problems(400, 401, 403, 404),
+                },
+            }
+        },
+        "/v1/alarms": {
+            "get": {
+                "summary": "Alarms, this node's and its partners', oldest first",
+                "security": _BEARER,
+                "parameters": [
+                    {"name": "open", "in": "query", "schema": {"type": "string", "enum": ["true", "false"]}},
+                    {"name": "container", "in": "query", "schema": {"type": "string"}},
+                    {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                ],
+                "responses": {"200": _json(_ref("AlarmList"), "A page of alarms"), **_problems(400, 401, 403)},
+            }
+        },
+        "/v1/alarms/{alarm_id}/acknowledgement": {
+            "post": {
+                "summary": "An officer acknowledges an alarm (the first acknowledgement stands)",
+                "security": _BEARER,
+                "parameters": [{"name": "alarm_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "requestBody": {
+                    "required": True, "content": {"application/json": {"schema": _ref("AcknowledgementIn")}}
+                },
+                "responses": {
+                    "200": _json(_ref("Alarm"), "The alarm, acknowledged"),
+                    **_problems(400, 401, 403, 404, 413, 415, 422),
                 },
             }
         },

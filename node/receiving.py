@@ -37,9 +37,9 @@ outbox will fetch them with its next push.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from collections import Counter
 import logging
-import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from uuid import UUID
@@ -48,20 +48,17 @@ from mrx.keys.jws import JwsError, parse_compact
 from mrx.schemas import xml
 from mrx.schemas.codec import peek_message_id
 from mrx.schemas.codes import ReceiptStatus
-from mrx.schemas.messages import ControlResult, Receipt, ReceiptError, SealEvent
+from mrx.schemas.messages import Body, Receipt, ReceiptError
 from mrx.schemas.xml import XmlError
 
 from .metrics import NodeMetrics
 from .partners import Partners
 from .problems import Problem
-from .records import Refusal, Unsigned, VerifiedRecord
+from .records import Refusal, Unsigned, VerifiedRecord, xml_text
 from .signing import Signing
 from .storage import ReceivedWrite, SignedRecord, Store, WriteStatus
 
 log = logging.getLogger(__name__)
-
-_NOT_XML_TEXT = re.compile(r"[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-
 
 @dataclass(frozen=True, slots=True)
 class MessageResult:
@@ -96,6 +93,8 @@ class Receiver:
         self._signing = signing
         self._metrics = metrics
         self._max_xml_bytes = max_xml_bytes
+        # Told of every record accepted from a partner, after its commit: (message ID, sender, body).
+        self.on_stored: Callable[[list[tuple[UUID, str, Body]]], None] | None = None
 
     async def receive(self, partner: str, tokens: list[bytes]) -> list[MessageResult]:
         digests = [hashlib.sha256(token).digest() for token in tokens]
@@ -189,6 +188,14 @@ class Receiver:
                 raise Problem("unavailable", f"this node cannot sign receipts just now ({receipt}); retry later")
             writes.append(_write(partner, item, receipt))
         outcomes = await self._store.store_received(writes)
+        if self.on_stored is not None:
+            fresh = [
+                (w.record.message_id, w.record.sender, w.body)
+                for w, o in zip(writes, outcomes, strict=True)
+                if o.status is WriteStatus.ACCEPTED and w.record is not None and w.body is not None
+            ]
+            if fresh:
+                self.on_stored(fresh)
         results = []
         for item, outcome in zip(items, outcomes, strict=True):
             message_id = item.message_id
@@ -227,17 +234,16 @@ async def verify_from(
 def _receipt(item: _Pending, now: datetime) -> Receipt:
     if item.problem is None:
         return Receipt(item.message_id, item.digest, ReceiptStatus.ACCEPTED, now)
-    error = ReceiptError(item.problem.code, _text(item.problem.detail))
+    error = ReceiptError(item.problem.code, xml_text(item.problem.detail))
     return Receipt(item.message_id, item.digest, ReceiptStatus.REJECTED, now, (error,))
 
 
 def _write(partner: str, item: _Pending, receipt: SignedRecord) -> ReceivedWrite:
     if item.problem is not None or item.verified is None:
         return ReceivedWrite(partner, item.digest, receipt, item.message_id)
-    body = item.verified.message.body
-    refs = body.consignment_refs if isinstance(body, (ControlResult, SealEvent)) else ()
     return ReceivedWrite(
-        partner, item.digest, receipt, item.message_id, item.verified.record, _payload_digest(item.token), tuple(refs)
+        partner, item.digest, receipt, item.message_id, item.verified.record, _payload_digest(item.token),
+        item.verified.message.body,
     )
 
 
@@ -262,9 +268,3 @@ def _message_id(token: bytes) -> UUID | None:
         return peek_message_id(xml.parse(payload))
     except (JwsError, XmlError):
         return None
-
-
-def _text(detail: str) -> str:
-    """A receipt's Description: XML text of at most 512 characters."""
-    clean = _NOT_XML_TEXT.sub("?", detail)
-    return clean if len(clean) <= 512 else clean[:509] + "..."

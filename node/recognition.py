@@ -40,17 +40,9 @@ from mrx.schemas.messages import ConsignmentReference, DecisionReasonEntry
 
 from .agreements import Agreement, Inspected, Inspection
 from .sealchain import Authorisation, ChainEvent, ChainRules, ChainVerdict, evaluate, worst
+from .storage import Targeting
 
 _REASON_ORDER = {code: n for n, code in enumerate(DecisionReason)}
-
-
-@dataclass(frozen=True, slots=True)
-class Targeting:
-    """The national system's instruction to inspect a consignment, from its own risk analysis."""
-
-    reference: str  # the national system's reference for the instruction
-    reason: str
-    marked_at: datetime
 
 
 @dataclass(frozen=True, slots=True)

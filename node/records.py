@@ -15,6 +15,7 @@ can pass in, so tests can make known-answer records.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -28,6 +29,15 @@ from mrx.schemas.messages import Body, Header, Message, message_type_of
 from mrx.schemas.xml import XmlError
 
 from .storage import SignedRecord
+
+
+_NOT_XML_TEXT = re.compile(r"[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_text(text: str, limit: int = 512) -> str:
+    """Text fit for a message's ``TextType`` element: XML characters only, at most ``limit`` characters."""
+    clean = _NOT_XML_TEXT.sub("?", text)
+    return clean if len(clean) <= limit else clean[: limit - 3] + "..."
 
 
 def media_type(message_type: str) -> str:

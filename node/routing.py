@@ -99,6 +99,20 @@ class Router:
         keys.extend(sorted(self._by_container.get(event.container, ())))
         return self._union(keys)
 
+    def for_consignments(self, refs: Iterable[ConsignmentReference], containers: Iterable[str] = ()) -> tuple[str, ...]:
+        """The partners for records about these consignments and containers (decisions, alarms, authorisations)."""
+        keys = [_key(ref) for ref in refs]
+        for container in containers:
+            keys.extend(sorted(self._by_container.get(container, ())))
+        return self._union(keys)
+
+    def itinerary(self, ref: ConsignmentReference) -> Itinerary | None:
+        return self._itineraries.get(_key(ref))
+
+    def consignments_of(self, container: str) -> list[ConsignmentReference]:
+        """The consignments whose itineraries list ``container``."""
+        return [self._itineraries[key].ref for key in sorted(self._by_container.get(container, ()))]
+
     def _union(self, keys: Iterable[_RefKey]) -> tuple[str, ...]:
         out: dict[str, None] = {}
         for key in keys:

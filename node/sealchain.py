@@ -354,7 +354,7 @@ class _LockChain:
                         (e.message_id,),
                     )
                 )
-            if e.condition in _BROKEN_CONDITIONS:
+            elif e.condition in _BROKEN_CONDITIONS:  # a breach reports its seal's condition too: one finding
                 out.append(
                     ChainFinding(
                         Finding.BROKEN_CONDITION,

@@ -35,6 +35,7 @@ from mrx.keys.keyring import KeyStore
 from .access import Access
 from .api import API_VERSION, NodeApi, problem_middleware
 from .config import NodeConfig
+from .deciding import Recognition, agreements_of, rules_of
 from .ingest import Ingest
 from .jobs import Jobs
 from .metrics import NodeMetrics
@@ -45,6 +46,7 @@ from .routing import PartnerOffices, Router
 from .sending import Deliveries, Puller, Sender
 from .signing import InlineSigning, Signing, SigningPool
 from .storage.sqlite import SqliteStore
+from .unsealing import Unsealing
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +133,7 @@ class Node:
             pruned = await store.prune_delivered(now - timedelta(days=settings.keep_delivered_days))
             partners.expire_replays()
             router.forget_before(now - ITINERARY_RETENTION)
+            recognition.forget_before(now - ITINERARY_RETENTION)
             self.metrics.itineraries.set(len(router))
             if pruned:
                 log.info("pruned %d delivered outbox rows", pruned)
@@ -141,10 +144,20 @@ class Node:
             jobs.add("sweep", sweep, settings.sweep_seconds, at_start=True)
         jobs.add("prune", prune, 3600)
 
+        recognition = Recognition(
+            node_id=config.node_id, office=config.office, store=store, signing=signing, router=router,
+            partners=partners, agreements=agreements_of(config), rules=rules_of(config), metrics=self.metrics,
+            max_xml_bytes=config.limits.max_xml_bytes,
+        )
+        await recognition.start(datetime.now(timezone.utc) - ITINERARY_RETENTION)
+        self._opened.push_async_callback(recognition.close)
+        ingest = Ingest(store, signing, router, config.office, self.metrics)
+        ingest.on_stored = receiver.on_stored = recognition.observe
+
         api = NodeApi(
             config=config,
             store=store,
-            ingest=Ingest(store, signing, router, config.office, self.metrics),
+            ingest=ingest,
             access=Access(store),
             keystore=self.keystore,
             metrics=self.metrics,
@@ -152,6 +165,8 @@ class Node:
             receiver=receiver,
             deliveries=deliveries,
             router=router,
+            recognition=recognition,
+            unsealing=Unsealing(config.node_id, config.office, store, signing, router, recognition, self.metrics),
         )
         app = web.Application(middlewares=[problem_middleware(self.metrics)], client_max_size=config.limits.max_body_bytes)
         app.add_routes(api.routes())

@@ -41,7 +41,7 @@ def seal_event(
         "seq": seq,
         "type": type,
         "device_time": (T0 + timedelta(minutes=seq)).isoformat().replace("+00:00", "Z"),
-        "location": {"locode": "CNAKL", "lat": 45.17, "lon": 82.57},
+        "location": {"locode": "CNURC", "lat": 43.83, "lon": 87.62},  # in transit: not at the node's office
         "wagon": wagon(),
     }
     if type == "sealed":

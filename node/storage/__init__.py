@@ -36,7 +36,9 @@ from enum import StrEnum
 from typing import Protocol
 from uuid import UUID
 
-from mrx.schemas.messages import ConsignmentReference, ControlResult, SealEvent
+from mrx.schemas.messages import Body, ConsignmentReference, ControlResult, SealEvent
+
+from ..sealchain import Authorisation, ChainEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +201,7 @@ class ReceivedWrite:
     received_message_id: UUID | None  # where legible
     record: SignedRecord | None = None
     payload_digest: bytes | None = None  # SHA-256 of the JWS payload: the message itself
-    consignment_refs: tuple[ConsignmentReference, ...] = ()
+    body: Body | None = None  # the verified message's body, indexed for recognition
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +224,62 @@ class Itinerary:
 class AddressedRecord:
     cursor: str
     jws: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """A consignment's first arrival at this node's office."""
+
+    ref: ConsignmentReference
+    arrived_at: datetime
+    containers: tuple[str, ...]
+    trigger: UUID | None = None  # the seal event located at the office, when that was the trigger
+
+
+@dataclass(frozen=True, slots=True)
+class Targeting:
+    """The national system's instruction to inspect a consignment, from its own risk analysis."""
+
+    reference: str  # the national system's reference for the instruction
+    reason: str
+    marked_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionEntry:
+    message_id: UUID
+    sender: str
+    outcome: str
+    decided_at: datetime
+    fingerprint: bytes | None
+    jws: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmEntry:
+    """An alarm as listed: the signed record holds the rest."""
+
+    seq: int  # listing order and cursor
+    message_id: UUID
+    alarm_id: UUID
+    sender: str
+    alarm_type: str
+    lock_id: str
+    container: str
+    raised_at: datetime
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+    jws: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorisationEntry:
+    """An unseal authorisation with its record, and whether an opening has used it."""
+
+    authorisation: Authorisation
+    issuer: str
+    jws: bytes
+    used_by: UUID | None  # the first unsealed event citing it, if any
 
 
 class InvalidCursor(ValueError):
@@ -286,6 +344,50 @@ class Store(Protocol):
     async def pull_cursor(self, partner: str) -> str | None: ...
 
     async def save_pull_cursor(self, partner: str, cursor: str) -> None: ...
+
+    # -- recognition (docs/recognition.md) --
+
+    async def store_made(self, record: SignedRecord, body: Body, *, fingerprint: bytes | None = None) -> bool:
+        """Store a record this node made (decision, authorisation, alarm), indexed, queued for its recipients.
+
+        False, storing nothing, when a record with the same ``fingerprint`` of its kind is stored already."""
+        ...
+
+    async def put_arrival(self, arrival: Arrival) -> Arrival:
+        """Record an arrival unless the consignment has arrived already; the arrival that stands."""
+        ...
+
+    async def arrival(self, ref: ConsignmentReference) -> Arrival | None: ...
+
+    async def arrivals_of(self, containers: list[str]) -> list[Arrival]: ...
+
+    async def arrived_containers(self, since: datetime) -> dict[str, datetime]:
+        """Containers of consignments that arrived (were recorded) since ``since``, with their first arrival."""
+        ...
+
+    async def put_targeting(self, ref: ConsignmentReference, targeting: Targeting) -> None: ...
+
+    async def targeting(self, ref: ConsignmentReference) -> list[Targeting]: ...
+
+    async def control_results_for(self, ref: ConsignmentReference) -> list[SignedRecord]: ...
+
+    async def consignments_of(self, container: str) -> list[ConsignmentReference]:
+        """The consignments that the seal events of ``container`` (on sealing) name."""
+        ...
+
+    async def chain_events(self, containers: list[str]) -> list[ChainEvent]: ...
+
+    async def authorisations(self, lock_ids: list[str]) -> list[AuthorisationEntry]: ...
+
+    async def authorisation(self, authorization_id: UUID) -> AuthorisationEntry | None: ...
+
+    async def decisions(self, ref: ConsignmentReference) -> list[DecisionEntry]:
+        """Decisions about a consignment, this node's and its partners', oldest first."""
+        ...
+
+    async def alarms(self, *, container: str | None, open_only: bool, after: int, limit: int) -> list[AlarmEntry]: ...
+
+    async def acknowledge_alarm(self, alarm_id: UUID, officer: str, at: datetime) -> AlarmEntry | None: ...
 
     async def ping(self) -> None: ...
 

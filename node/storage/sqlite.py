@@ -48,10 +48,15 @@ from uuid import UUID
 import aiosqlite
 
 from mrx.schemas.codes import ConsignmentReferenceType
-from mrx.schemas.messages import ConsignmentReference
+from mrx.schemas.messages import Body, ConsignmentReference
 
+from ..sealchain import ChainEvent
 from . import (
     AddressedRecord,
+    AlarmEntry,
+    Arrival,
+    AuthorisationEntry,
+    DecisionEntry,
     ControlResultOutcome,
     ControlResultWrite,
     Credential,
@@ -68,23 +73,23 @@ from . import (
     SealEventWrite,
     SequenceGap,
     SignedRecord,
+    Targeting,
     TimelineEntry,
     TimelineKey,
     WriteStatus,
 )
 
+from . import sqlite_recognition as recognition
+from .sqlite_rows import IN_CHUNK as _IN_CHUNK
+from .sqlite_rows import RECORD_COLUMNS, record_from_row
+from .sqlite_rows import classify as _classify
+from .sqlite_rows import dt as _dt
+from .sqlite_rows import insert_records as _insert_records
+from .sqlite_rows import select_in as _select_in
+from .sqlite_rows import ts as _ts
+
 log = logging.getLogger(__name__)
 
-_IN_CHUNK = 500  # host parameters per IN (...) list
-
-
-def _ts(value: datetime) -> str:
-    # isoformat is several times faster than strftime, and this runs per stored row.
-    return value.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
-
-
-def _dt(text: str) -> datetime:
-    return datetime.fromisoformat(text)
 
 
 def _migrations() -> list[tuple[int, str]]:
@@ -128,6 +133,7 @@ class SqliteStore:
             "credential": _apply_credentials,
             "received": _apply_received,
             "call": _apply_calls,
+            "made": recognition.apply_made,
         }
         # Observability: the writer's group-commit sizes, read by /metrics.
         self.on_commit: Callable[[int, float], None] | None = None
@@ -318,6 +324,61 @@ class SqliteStore:
             )
         )
 
+    # -- recognition (sqlite_recognition) ---------------------------------------
+
+    async def store_made(self, record: SignedRecord, body: Body, *, fingerprint: bytes | None = None) -> bool:
+        stored: bool = await self._submit("made", (record, body, fingerprint))
+        self._queued([record] if stored else [])
+        return stored
+
+    async def put_arrival(self, arrival: Arrival) -> Arrival:
+        now = datetime.now(timezone.utc)
+        return await self._call(lambda db: recognition.put_arrival(db, arrival, now))  # type: ignore[no-any-return]
+
+    async def put_targeting(self, ref: ConsignmentReference, targeting: Targeting) -> None:
+        await self._call(lambda db: recognition.put_targeting(db, ref, targeting))
+
+    async def acknowledge_alarm(self, alarm_id: UUID, officer: str, at: datetime) -> AlarmEntry | None:
+        position = await self._call(lambda db: recognition.acknowledge_alarm(db, alarm_id, officer, at))
+        if position is None:
+            return None
+        (entry,) = await recognition.alarms(self._reader_db, container=None, open_only=False, after=position - 1, limit=1)
+        return entry
+
+    async def arrival(self, ref: ConsignmentReference) -> Arrival | None:
+        return await recognition.arrival(self._reader_db, ref)
+
+    async def arrivals_of(self, containers: list[str]) -> list[Arrival]:
+        return await recognition.arrivals_of(self._reader_db, containers) if containers else []
+
+    async def arrived_containers(self, since: datetime) -> dict[str, datetime]:
+        return await recognition.arrived_containers(self._reader_db, since)
+
+    async def targeting(self, ref: ConsignmentReference) -> list[Targeting]:
+        return await recognition.targeting(self._reader_db, ref)
+
+    async def control_results_for(self, ref: ConsignmentReference) -> list[SignedRecord]:
+        return await recognition.control_results_for(self._reader_db, ref)
+
+    async def consignments_of(self, container: str) -> list[ConsignmentReference]:
+        return await recognition.consignments_of(self._reader_db, container)
+
+    async def chain_events(self, containers: list[str]) -> list[ChainEvent]:
+        return await recognition.chain_events(self._reader_db, containers) if containers else []
+
+    async def authorisations(self, lock_ids: list[str]) -> list[AuthorisationEntry]:
+        return await recognition.authorisations(self._reader_db, lock_ids) if lock_ids else []
+
+    async def authorisation(self, authorization_id: UUID) -> AuthorisationEntry | None:
+        found = await recognition.authorisations_cited(self._reader_db, [str(authorization_id)])
+        return found[0] if found else None
+
+    async def decisions(self, ref: ConsignmentReference) -> list[DecisionEntry]:
+        return await recognition.decisions(self._reader_db, ref)
+
+    async def alarms(self, *, container: str | None, open_only: bool, after: int, limit: int) -> list[AlarmEntry]:
+        return await recognition.alarms(self._reader_db, container=container, open_only=open_only, after=after, limit=limit)
+
     # -- reads --------------------------------------------------------------
 
     async def _one(self, sql: str, params: Sequence[Any]) -> Any:
@@ -341,23 +402,8 @@ class SqliteStore:
         )
 
     async def record(self, message_id: UUID) -> SignedRecord | None:
-        row = await self._one(
-            "SELECT message_id, message_type, sender, recipients, prepared_at, kid, jws, digest FROM records"
-            " WHERE message_id = ?",
-            (str(message_id),),
-        )
-        if row is None:
-            return None
-        return SignedRecord(
-            message_id=UUID(row[0]),
-            message_type=row[1],
-            sender=row[2],
-            recipients=tuple(row[3].split()),
-            prepared_at=_dt(row[4]),
-            kid=row[5],
-            jws=bytes(row[6]),
-            digest=bytes(row[7]),
-        )
+        row = await self._one(f"SELECT {RECORD_COLUMNS} FROM records r WHERE r.message_id = ?", (str(message_id),))
+        return None if row is None else record_from_row(row)
 
     async def timeline(self, key: TimelineKey, value: str, cursor: str | None, limit: int) -> Page:
         column, order_by = {
@@ -586,7 +632,7 @@ def _apply_seal_events(
                 ev.seal_id, ev.container, ev.event_type.value, _ts(ev.device_time), _ts(ev.receipt_time),
                 order.value, ev.location.locode if ev.location else None,
                 str(position.latitude) if position else None, str(position.longitude) if position else None,
-                ev.condition.value,
+                ev.condition.value, str(ev.authorization_id) if ev.authorization_id else None,
             )
         )
         link_rows.extend((r.type.value, r.id, str(w.record.message_id)) for r in ev.consignment_refs)
@@ -595,7 +641,7 @@ def _apply_seal_events(
         db.executemany(
             "INSERT INTO seal_events (event_id, content_hash, message_id, gateway_id, lock_id, lock_seq, seal_id,"
             " container, event_type, device_time, receipt_time, order_status, locode, latitude, longitude,"
-            " condition) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " condition, authorization_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             event_rows,
         )
     _insert_links(db, link_rows)
@@ -714,42 +760,9 @@ def _migrate(db: sqlite3.Connection) -> None:
         raise
 
 
-def _classify(highest: int | None, seq: int) -> Order:
-    if highest is None:
-        return Order.FIRST
-    if seq == highest + 1:
-        return Order.NEXT
-    if seq > highest + 1:
-        return Order.GAP
-    return Order.LATE
-
-
 def _outcome_from_row(row: Sequence[Any]) -> tuple[bytes, SealEventOutcome]:
     event_id, content_hash, message_id, order = row
     return bytes(content_hash), SealEventOutcome(UUID(event_id), WriteStatus.DUPLICATE, UUID(message_id), Order(order))
-
-
-def _record_row(r: SignedRecord, stored_at: str) -> tuple[Any, ...]:
-    return (
-        str(r.message_id), r.message_type, r.sender, " ".join(r.recipients), _ts(r.prepared_at), r.kid, r.digest,
-        r.jws, stored_at,
-    )
-
-
-def _insert_records(db: sqlite3.Connection, records: list[SignedRecord], stored_at: str, *, deliver: bool) -> None:
-    """Append records; with ``deliver``, queue each for every recipient (records this node made)."""
-    if not records:
-        return
-    db.executemany(
-        "INSERT INTO records (message_id, message_type, sender, recipients, prepared_at, kid, digest, jws,"
-        " stored_at) VALUES (?,?,?,?,?,?,?,?,?)",
-        [_record_row(r, stored_at) for r in records],
-    )
-    if deliver:
-        db.executemany(
-            "INSERT INTO outbox (partner, message_id, state) VALUES (?,?,'queued')",
-            [(partner, str(r.message_id)) for r in records for partner in r.recipients],
-        )
 
 
 _OUTBOX_COLUMNS = (
@@ -817,7 +830,8 @@ def _apply_received(db: sqlite3.Connection, payloads: list[list[ReceivedWrite]])
     held = {m for (m,) in _select_in(db, "SELECT message_id FROM records WHERE message_id IN ({})", ids)}
     outcomes: list[ReceivedOutcome] = []
     records: list[SignedRecord] = []
-    received_rows, link_rows, issued_rows = [], [], []
+    received_rows, issued_rows = [], []
+    bodies: list[tuple[SignedRecord, Body]] = []
     for write in writes:
         if write.received_digest in answered:  # these exact bytes were answered before
             outcomes.append(ReceivedOutcome(WriteStatus.DUPLICATE, answered[write.received_digest]))
@@ -839,7 +853,8 @@ def _apply_received(db: sqlite3.Connection, payloads: list[list[ReceivedWrite]])
             received_rows.append(
                 (message_id, write.partner, write.payload_digest, str(write.receipt.message_id), stored_at)
             )
-            link_rows.extend((ref.type.value, ref.id, message_id) for ref in write.consignment_refs)
+            if write.body is not None:
+                bodies.append((write.record, write.body))
             firsts[message_id] = (write.payload_digest, write.receipt.jws)
             held.add(message_id)
         else:
@@ -857,7 +872,7 @@ def _apply_received(db: sqlite3.Connection, payloads: list[list[ReceivedWrite]])
         "INSERT INTO received (message_id, partner, payload_digest, receipt_message_id, received_at) VALUES (?,?,?,?,?)",
         received_rows,
     )
-    _insert_links(db, link_rows)
+    recognition.index_bodies(db, bodies, own=False)
     db.executemany(
         "INSERT INTO receipts_issued (received_digest, partner, received_message_id, receipt_message_id)"
         " VALUES (?,?,?,?)",
@@ -871,15 +886,6 @@ def _insert_links(db: sqlite3.Connection, rows: list[tuple[str, str, str]]) -> N
         db.executemany(
             "INSERT OR IGNORE INTO consignment_links (ref_type, ref_id, message_id) VALUES (?,?,?)", rows
         )
-
-
-def _select_in(db: sqlite3.Connection, sql: str, values: Iterable[Any]) -> list[Any]:
-    values = list(values)
-    rows: list[Any] = []
-    for start in range(0, len(values), _IN_CHUNK):
-        chunk = values[start : start + _IN_CHUNK]
-        rows.extend(db.execute(sql.format(",".join("?" * len(chunk))), chunk).fetchall())
-    return rows
 
 
 def _split(items: list[Any], sizes: list[int]) -> list[list[Any]]:

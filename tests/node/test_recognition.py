@@ -19,8 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mrx.node.agreements import Agreement, Inspection, agreement
-from mrx.node.recognition import Case, Decision, Targeting, decide
+from mrx.node.recognition import Case, Decision, decide
 from mrx.node.sealchain import Authorisation, ChainEvent, ChainRules, Finding, evaluate
+from mrx.node.storage import Targeting
 from mrx.schemas.codes import (
     ConsignmentReferenceType,
     ControlResultCode,
