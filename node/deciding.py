@@ -15,7 +15,7 @@ When
       of that time.
     - **New evidence after an arrival.** A partner's control result, a seal
       event of an arrived container dated up to the arrival (a back-filled
-      gap), an unseal authorisation, or national targeting: the decision is
+      gap; what happens after the arrival is not what was decided on), an unseal authorisation, or national targeting: the decision is
       taken again, and a new decision is issued only if what was decided
       changed (its fingerprint: outcome, reasons, evidence, verdict).
     - **On demand** (``POST /v1/consignments/{type}/{id}/decision``).
@@ -157,7 +157,7 @@ class Recognition:
         self._metrics = metrics
         self._max_xml_bytes = max_xml_bytes
         self._clock = clock
-        self._locks: dict[_RefKey, asyncio.Lock] = {}
+        self._locks: dict[_RefKey, tuple[asyncio.Lock, int]] = {}  # one decision at a time; with its users
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending: set[_RefKey] = set()  # re-decisions queued, not started: coalesced
         self._arrived: dict[str, datetime] = {}  # container -> its first arrival here
@@ -182,7 +182,6 @@ class Recognition:
         alarms: list[tuple[UUID, SealEvent]] = []
         touched: set[str] = set()
         refs: list[ConsignmentReference] = []
-        tolerance = self._rules.clock_tolerance
         for message_id, sender, body in records:
             if isinstance(body, SealEvent):
                 at_office = body.location is not None and body.location.locode == self.office
@@ -191,7 +190,7 @@ class Recognition:
                 if sender == self.node_id and (body.event_type in _BREACHES or body.event_type in _OPENINGS):
                     alarms.append((message_id, body))
                 arrived = self._arrived.get(body.container)
-                if arrived is not None and body.device_time <= arrived + tolerance:  # within what was decided on
+                if arrived is not None and body.device_time <= arrived:  # within what was decided on
                     touched.add(body.container)
             elif isinstance(body, ControlResult) and sender != self.node_id:
                 refs.extend(body.consignment_refs)
@@ -231,15 +230,21 @@ class Recognition:
     async def decide(self, ref: ConsignmentReference) -> Decided:
         """Decide now for ``ref``: as of its arrival if it has arrived, else as of now."""
         key = (ref.type.value, ref.id)
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            self._pending.discard(key)
-            started = time.perf_counter()
-            decided = await self._decide(ref)
-            self._metrics.decisions.labels(decided.decision.outcome.value, str(decided.issued).lower()).inc()
-            self._metrics.decision_seconds.observe(time.perf_counter() - started)
-        if not lock.locked() and key not in self._pending:
-            self._locks.pop(key, None)
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                self._pending.discard(key)
+                started = time.perf_counter()
+                decided = await self._decide(ref)
+                self._metrics.decisions.labels(decided.decision.outcome.value, str(decided.issued).lower()).inc()
+                self._metrics.decision_seconds.observe(time.perf_counter() - started)
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
         return decided
 
     async def case(self, ref: ConsignmentReference) -> Case:

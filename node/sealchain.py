@@ -15,7 +15,7 @@ verdicts, each with the findings that prove it:
     - the lock reported ``tamper`` or ``housing-breach``, or a seal condition
       of damaged, missing or broken (UN/EDIFACT 4517 codes 2, 3, 4);
     - the lock was ``opened`` while sealed, or ``unsealed`` without a valid
-      authorisation: one that exists, names this lock and seal, covers the
+      authorisation: one that is cited and held, names this lock and seal, covers the
       event's time, is for the office where the event happened, was issued
       by an office whose authorisations count, and has not been used by an
       earlier event (an authorisation is single use: the first event in the
@@ -35,7 +35,9 @@ verdicts, each with the findings that prove it:
       time the gateway received it, or running backwards along the sequence;
     - two different records claiming one sequence number of one lock;
     - a lock that reports ``malfunction`` or a faulty electronic seal (4517
-      code 5).
+      code 5);
+    - an opening citing an authorisation this node has not received (yet):
+      it may be on its way from the partner that issued it.
 
 BROKEN outranks UNKNOWN, which outranks INTACT. The evaluation is pure and
 deterministic: the same set of events, in any order, gives the same verdict
@@ -93,6 +95,7 @@ class Finding(StrEnum):
     TAMPER = "tamper"
     BROKEN_CONDITION = "seal-condition"
     UNAUTHORISED_OPENING = "unauthorised-opening"
+    AUTHORISATION_NOT_RECEIVED = "authorisation-not-received"
     SEAL_CHANGED = "seal-changed"
     AFFIXED_SEAL_MISSING = "affixed-seal-missing"
     LEFT_OPEN = "left-open"
@@ -221,10 +224,9 @@ class _LockChain:
         # The last event at or before the inspection (the anchor) is what
         # the inspection saw: it is checked for continuity with the interval
         # (sequence, clocks), but what it reports is covered by the inspection.
-        last = until + rules.clock_tolerance
         before = [e for e in chain if e.device_time <= since]
         self.anchor = before[-1] if before else None
-        self.interval = [e for e in chain if since < e.device_time <= last]
+        self.interval = [e for e in chain if since < e.device_time <= until]
         self.span = ([self.anchor] if self.anchor else []) + self.interval
 
     def findings(self) -> list[ChainFinding]:
@@ -288,12 +290,15 @@ class _LockChain:
                 )
             elif b.lock_sequence > a.lock_sequence + 1:
                 first, last_missing = a.lock_sequence + 1, b.lock_sequence - 1
-                missing = str(first) if first == last_missing else f"{first} to {last_missing}"
+                missing = (
+                    f"event {first} of lock {self.lock_id} has"
+                    if first == last_missing
+                    else f"events {first} to {last_missing} of lock {self.lock_id} have"
+                )
                 out.append(
                     ChainFinding(
                         Finding.SEQUENCE_GAP,
-                        f"events {missing} of lock {self.lock_id} have not been received; a gateway that "
-                        "uploads the lock's stored log fills the gap",
+                        f"{missing} not been received; a gateway that uploads the lock's stored log fills the gap",
                         (a.message_id, b.message_id),
                     )
                 )
@@ -373,11 +378,17 @@ class _LockChain:
                     )
                 )
             if e.event_type is SealEventType.UNSEALED:
-                problem = self._authorisation_problem(e, used)
-                if problem is None:
-                    seal, opened_by = None, e
-                    continue
-                out.append(ChainFinding(Finding.UNAUTHORISED_OPENING, problem, self._cited(e)))
+                if e.authorization_id is not None and e.authorization_id not in self.authorisations:
+                    out.append(
+                        ChainFinding(
+                            Finding.AUTHORISATION_NOT_RECEIVED,
+                            f"lock {self.lock_id} was unsealed at {_t(e.device_time)} ({_where(e)}) citing "
+                            f"authorisation {e.authorization_id}, which this node has not received (yet)",
+                            (e.message_id,),
+                        )
+                    )
+                elif (problem := self._authorisation_problem(e, used)) is not None:
+                    out.append(ChainFinding(Finding.UNAUTHORISED_OPENING, problem, self._cited(e)))
                 seal, opened_by = None, e
                 continue
             if e.event_type is SealEventType.OPENED:
@@ -431,9 +442,7 @@ class _LockChain:
         opening = f"lock {self.lock_id} was unsealed at {_t(e.device_time)} ({_where(e)})"
         if e.authorization_id is None:
             return f"{opening} citing no unseal authorisation"
-        auth = self.authorisations.get(e.authorization_id)
-        if auth is None:
-            return f"{opening} citing authorisation {e.authorization_id}, which this node has not received"
+        auth = self.authorisations[e.authorization_id]
         first = used[auth.authorization_id]
         if first.message_id != e.message_id:
             return (

@@ -248,10 +248,13 @@ async def control_results_for(db: Db, ref: ConsignmentReference) -> list[SignedR
 
 
 async def consignments_of(db: Db, container: str) -> list[ConsignmentReference]:
+    # The latest sealing that named consignments: a container travels for other consignments on other journeys.
     rows = await _all(
         db,
-        "SELECT DISTINCT l.ref_type, l.ref_id FROM seal_events e JOIN consignment_links l ON l.message_id = e.message_id"
-        " WHERE e.container = ? AND e.event_type = 'sealed' ORDER BY l.ref_type, l.ref_id",
+        "SELECT l.ref_type, l.ref_id FROM consignment_links l WHERE l.message_id = ("
+        " SELECT e.message_id FROM seal_events e JOIN consignment_links n ON n.message_id = e.message_id"
+        " WHERE e.container = ? AND e.event_type = 'sealed' ORDER BY e.device_time DESC, e.id DESC LIMIT 1)"
+        " ORDER BY l.ref_type, l.ref_id",
         (container,),
     )
     return [ConsignmentReference(ConsignmentReferenceType(t), i) for t, i in rows]

@@ -217,9 +217,17 @@ CASES: dict[str, tuple[Story, DecisionOutcome, set[DecisionReason], SealChainVer
         ),
         NOT, {R.SEAL_CHAIN_BROKEN}, SealChainVerdict.BROKEN,
     ),
+    "unsealed citing an authorisation not received (yet)": (
+        Story(events=_replaced_from(8, unseal_and_reseal(8))), NOT, {R.SEAL_CHAIN_UNKNOWN}, SealChainVerdict.UNKNOWN,
+    ),
     "unsealed citing no authorisation": (
-        Story(events=_replaced_from(8, unseal_and_reseal(8))),
+        Story(events=_replaced_from(8, [event(8, SealEventType.UNSEALED, locode="KZDOS"),
+                                        *unseal_and_reseal(8)[1:]])),
         NOT, {R.SEAL_CHAIN_BROKEN}, SealChainVerdict.BROKEN,
+    ),
+    "an opening after the arrival is not what was decided on": (
+        Story(events=journey() + [event(LEGS + 2, SealEventType.OPENED, locode="KZALA")]),
+        RECOGNISED, set(), SealChainVerdict.INTACT,
     ),
     "opened while sealed": (
         Story(events=_with(journey(), 12, event_type=SealEventType.OPENED)), NOT, {R.SEAL_CHAIN_BROKEN},
