@@ -415,3 +415,35 @@ def test_shuffled_arrival_gives_the_same_decision(name: str, data: st.DataObject
         at=story.at,
     )
     assert shuffled.decide() == expected
+
+
+# -- a partner key revoked after signing (docs/recognition.md) ----------------------------------------------
+
+
+def test_a_revocation_after_signing_keeps_the_record_one_backdated_before_it_voids_it(tmp_path) -> None:
+    """What the node checks at each decision: the control result against the partner's keys as known now."""
+    from mrx.keys.keyring import KeyStore
+    from mrx.node.records import RecordSigner, TrustedKey, verify_records
+    from mrx.node.records import Refusal as RecordRefusal
+
+    signed_at = datetime.now(timezone.utc) - timedelta(days=2)
+    partner = KeyStore.create(tmp_path / "akl", clock=lambda: signed_at - timedelta(days=30))
+    kid = partner.signing_key.kid
+    record = RecordSigner("CN-AKL", lambda: partner.signing_key, clock=lambda: signed_at).sign(
+        inspection().result, recipients=("KZ-ALA",)
+    )
+
+    def verdict() -> object:
+        keys = {k.kid: TrustedKey("CN-AKL", k) for k in KeyStore.open(tmp_path / "akl").keys()}
+        (result,) = verify_records([record.jws], keys, max_xml_bytes=262_144)
+        return result
+
+    assert not isinstance(verdict(), RecordRefusal)
+    KeyStore.open(tmp_path / "akl").rotate()  # a new key, to sign the revocations
+    KeyStore.open(tmp_path / "akl").revoke(kid, at=signed_at + timedelta(days=1))  # revoked after it signed
+    assert not isinstance(verdict(), RecordRefusal)
+    KeyStore.open(tmp_path / "akl").revoke(kid, at=signed_at - timedelta(hours=1))  # compromised since before
+    refused = verdict()
+    assert isinstance(refused, RecordRefusal) and refused.code == "record-key-not-valid"
+    story = Story(invalid_signatures={_id("inspection"): f"{refused.code}: {refused.detail}"})
+    assert [r.code for r in story.decide().reasons] == [R.SIGNATURE_INVALID]
