@@ -332,10 +332,7 @@ class Recognition:
         return tuple(sorted(set(given) | set(itinerary.containers if itinerary else ())))
 
     async def _sign(self, unsigned: Unsigned) -> SignedRecord:
-        (signed,) = await self._signing.sign_all([unsigned])
-        if isinstance(signed, Exception):
-            raise Problem("unavailable", f"this node cannot sign records just now ({signed}); try again")
-        return signed
+        return await sign_one(self._signing, unsigned)
 
     # -- background work --------------------------------------------------------------------------------------
 
@@ -451,6 +448,14 @@ class Recognition:
         if await self._store.store_made(record, body, fingerprint=cause):
             self._metrics.alarms.labels(alarm_type.value).inc()
             log.warning("alarm %s on container %s: %s", alarm_type.value, container, description)
+
+
+async def sign_one(signing: Signing, unsigned: Unsigned) -> SignedRecord:
+    """Sign one record this node makes, or answer ``unavailable`` (no active key, workers gone)."""
+    (signed,) = await signing.sign_all([unsigned])
+    if isinstance(signed, Exception):
+        raise Problem("unavailable", f"this node cannot sign records just now ({signed}); try again")
+    return signed
 
 
 def _unique(ids: Iterable[UUID]) -> tuple[UUID, ...]:

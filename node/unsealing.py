@@ -27,7 +27,7 @@ from uuid import uuid4
 
 from mrx.schemas.messages import UnsealAuthorization
 
-from .deciding import Recognition
+from .deciding import Recognition, sign_one
 from .inputs import UnsealAuthorizationIn
 from .metrics import NodeMetrics
 from .problems import FieldError, Problem
@@ -96,9 +96,7 @@ class Unsealing:
         )
         refs = await self._store.consignments_of(request.container)
         recipients = self._router.for_consignments(refs, [request.container])
-        (signed,) = await self._signing.sign_all([Unsigned(body, recipients)])
-        if isinstance(signed, Exception):
-            raise Problem("unavailable", f"this node cannot sign records just now ({signed}); try again")
+        signed = await sign_one(self._signing, Unsigned(body, recipients))
         await self._store.store_made(signed, body)
         self._metrics.unseal_authorizations.inc()
         self._recognition.observe([(signed.message_id, self._node_id, body)])

@@ -367,10 +367,10 @@ class SqliteStore:
         return await recognition.chain_events(self._reader_db, containers) if containers else []
 
     async def authorisations(self, lock_ids: list[str]) -> list[AuthorisationEntry]:
-        return await recognition.authorisations(self._reader_db, lock_ids) if lock_ids else []
+        return await recognition.authorisations(self._reader_db, lock_ids=lock_ids) if lock_ids else []
 
     async def authorisation(self, authorization_id: UUID) -> AuthorisationEntry | None:
-        found = await recognition.authorisations_cited(self._reader_db, [str(authorization_id)])
+        found = await recognition.authorisations(self._reader_db, ids=[str(authorization_id)])
         return found[0] if found else None
 
     async def decisions(self, ref: ConsignmentReference) -> list[DecisionEntry]:

@@ -309,24 +309,14 @@ def _authorisation(r: Sequence[Any]) -> AuthorisationEntry:
     return AuthorisationEntry(auth, r[7], bytes(r[8]), UUID(r[9]) if r[9] else None)
 
 
-async def authorisations(db: Db, lock_ids: list[str]) -> list[AuthorisationEntry]:
-    marks = ",".join("?" * len(lock_ids))
+async def authorisations(db: Db, *, lock_ids: Sequence[str] = (), ids: Sequence[str] = ()) -> list[AuthorisationEntry]:
+    """Authorisations for these locks, or with these IDs."""
+    column, values = ("a.lock_id", list(lock_ids)) if lock_ids else ("a.authorization_id", list(ids))
     rows = await _all(
         db,
         f"SELECT {_AUTH_COLUMNS} FROM unseal_authorizations a JOIN records r ON r.message_id = a.message_id"
-        f" WHERE a.lock_id IN ({marks}) ORDER BY a.valid_from, a.authorization_id",
-        lock_ids,
-    )
-    return [_authorisation(r) for r in rows]
-
-
-async def authorisations_cited(db: Db, authorization_ids: list[str]) -> list[AuthorisationEntry]:
-    marks = ",".join("?" * len(authorization_ids))
-    rows = await _all(
-        db,
-        f"SELECT {_AUTH_COLUMNS} FROM unseal_authorizations a JOIN records r ON r.message_id = a.message_id"
-        f" WHERE a.authorization_id IN ({marks})",
-        authorization_ids,
+        f" WHERE {column} IN ({','.join('?' * len(values))}) ORDER BY a.valid_from, a.authorization_id",
+        values,
     )
     return [_authorisation(r) for r in rows]
 
