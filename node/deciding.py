@@ -160,7 +160,7 @@ class Recognition:
         self._locks: dict[_RefKey, tuple[asyncio.Lock, int]] = {}  # one decision at a time; with its users
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending: set[_RefKey] = set()  # re-decisions queued, not started: coalesced
-        self._arrived: dict[str, datetime] = {}  # container -> its first arrival here
+        self._arrived: dict[str, datetime] = {}  # container -> its latest arrival here
         # Offices whose unseal authorisations count when this node judges its own gateways' openings.
         self._unseal_offices = frozenset({office}).union(*(a.unseal_offices for a in agreements.values()))
 
@@ -323,8 +323,8 @@ class Recognition:
 
     async def _put_arrival(self, arrival: Arrival) -> Arrival:
         stood = await self._store.put_arrival(arrival)
-        for container in stood.containers:
-            self._arrived.setdefault(container, stood.arrived_at)
+        for container in stood.containers:  # a container makes many journeys: keep its latest arrival
+            self._arrived[container] = max(self._arrived.get(container, stood.arrived_at), stood.arrived_at)
         return stood
 
     def _containers(self, ref: ConsignmentReference, given: Iterable[str]) -> tuple[str, ...]:

@@ -221,7 +221,7 @@ async def arrivals_of(db: Db, containers: list[str]) -> list[Arrival]:
 async def arrived_containers(db: Db, since: datetime) -> dict[str, datetime]:
     rows = await _all(
         db,
-        "SELECT ac.container, MIN(a.arrived_at) FROM arrival_containers ac JOIN arrivals a"
+        "SELECT ac.container, MAX(a.arrived_at) FROM arrival_containers ac JOIN arrivals a"
         " ON a.ref_type = ac.ref_type AND a.ref_id = ac.ref_id WHERE a.recorded_at >= ? GROUP BY ac.container",
         (_ts(since),),
     )
