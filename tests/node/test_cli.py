@@ -100,6 +100,48 @@ def test_config_errors_name_the_key_and_the_fix(tmp_path: Path) -> None:
     assert done.returncode == 1 and "not valid TOML" in done.stderr
 
 
+_PARTNER = (
+    '[[partners]]\nnode_id = "CN-AKL"\nurl = "http://127.0.0.1:9"\nanchors = ["' + "A" * 43 + '"]\n'
+    'offices = ["CNAKL"]\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("agreement", "expected"),
+    [
+        ('id = "A-1"\npartner = "CN-AKL"\ncontrol_types = ["physical"]\nresult_codes = ["A1"]\nmax_age = 3\n',
+         "agreements.0.max_age: unknown key"),
+        ('id = "A-1"\npartner = "CN-AKL"\ncontrol_types = ["x-ray"]\nresult_codes = ["A1"]\n',
+         "agreements.0.control_types.0"),
+        ('id = "A-1"\npartner = "CN-AKL"\ncontrol_types = ["physical"]\nresult_codes = ["C9"]\n',
+         "agreements.0.result_codes.0"),
+        ('id = "A-1"\npartner = "MN-ZAM"\ncontrol_types = ["physical"]\nresult_codes = ["A1"]\n',
+         "agreement A-1 is with MN-ZAM, which is not a listed partner"),
+        ('id = "A-1"\npartner = "CN-AKL"\nresult_codes = ["A1"]\n', "agreements.0.control_types"),
+    ],
+    ids=["unknown term", "unknown control type", "unknown result code", "not a partner", "term missing"],
+)
+def test_agreement_terms_are_checked_never_ignored(tmp_path: Path, agreement: str, expected: str) -> None:
+    path = tmp_path / "mrx.toml"
+    path.write_text('node_id = "KZ-DOS"\noffice = "KZDOS"\n' + _PARTNER + "[[agreements]]\n" + agreement)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert expected in str(err.value)
+
+
+def test_a_valid_agreement_loads_as_a_policy(tmp_path: Path) -> None:
+    from mrx.node.deciding import agreements_of
+
+    path = tmp_path / "mrx.toml"
+    path.write_text(
+        'node_id = "KZ-DOS"\noffice = "KZDOS"\n' + _PARTNER + '[[agreements]]\nid = "KZ-CN-1"\npartner = "CN-AKL"\n'
+        'control_types = ["physical", "non-intrusive"]\nresult_codes = ["A1", "A2"]\nmax_age_hours = 72\n'
+        'unseal_offices = ["KZDOS"]\n'
+    )
+    (terms,) = agreements_of(load_config(path)).values()
+    assert terms.agreement_id == "KZ-CN-1" and terms.unseal_offices == {"KZDOS"}
+
+
 def test_serve_refuses_a_node_without_keys(tmp_path: Path) -> None:
     (tmp_path / "mrx.toml").write_text('node_id = "CN-AKL"\noffice = "CNAKL"\nport = 0\n')
     done = mrx("serve", "--config", str(tmp_path / "mrx.toml"))
