@@ -110,10 +110,14 @@ def _delivered(member: Member) -> None:
 
 
 def _decided(journey: Journey, member: Member, outcome: str) -> dict[str, Any]:
-    wait_until(
-        lambda: (journey.latest_decision(member) or {}).get("outcome") == outcome, 30,
-        f"{member.node_id}'s decision {outcome} on {journey.cim}",
-    )
+    try:
+        wait_until(lambda: (journey.latest_decision(member) or {}).get("outcome") == outcome, 30, "a decision")
+    except AssertionError:
+        view = journey.view(member)
+        raise AssertionError(
+            f"{member.node_id} did not decide {outcome} on {journey.cim}: decisions {view['decisions']}, "
+            f"now {view['evaluation_now']}, arrival {view['arrival']}"
+        ) from None
     decision = journey.latest_decision(member)
     assert decision is not None
     return decision
