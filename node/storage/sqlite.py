@@ -381,9 +381,17 @@ class SqliteStore:
 
     # -- reads --------------------------------------------------------------
 
+    async def _rows(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        """Run a query and fetch all its rows in one call on the reader's thread.
+
+        Never ``execute`` now and ``fetch`` after an ``await``: SQLite keeps a connection's
+        read snapshot while any statement on it is unfinished, so a query from another
+        task started in between would read that old snapshot."""
+        return list(await self._reader_db.execute_fetchall(sql, params))
+
     async def _one(self, sql: str, params: Sequence[Any]) -> Any:
-        cursor = await self._reader_db.execute(sql, params)
-        return await cursor.fetchone()
+        rows = await self._rows(sql, params)
+        return rows[0] if rows else None
 
     async def credential(self, name: str) -> Credential | None:
         row = await self._one(
@@ -418,14 +426,12 @@ class SqliteStore:
             where += f" AND ({order_by[0]}, {order_by[1]}) > (?, ?)"
             params.extend(after)
         params.append(limit + 1)
-        rows = await (
-            await self._reader_db.execute(
+        rows = await self._rows(
                 "SELECT event_id, message_id, lock_id, seal_id, container, lock_seq, event_type, device_time,"
                 " receipt_time, order_status, locode, latitude, longitude, condition, gateway_id, id"
                 f" FROM seal_events WHERE {where} ORDER BY {order_by[0]}, {order_by[1]} LIMIT ?",
                 params,
             )
-        ).fetchall()
         items = [
             TimelineEntry(
                 event_id=UUID(r[0]), message_id=UUID(r[1]), lock_id=r[2], seal_id=r[3], container=r[4],
@@ -442,22 +448,19 @@ class SqliteStore:
         return Page(items=tuple(items), next_cursor=next_cursor)
 
     async def sequence_gaps(self, lock_id: str) -> list[SequenceGap]:
-        rows = await (
-            await self._reader_db.execute(
+        rows = await self._rows(
                 "SELECT lock_seq + 1, next_seq - 1 FROM ("
                 " SELECT lock_seq, LEAD(lock_seq) OVER (ORDER BY lock_seq) AS next_seq"
                 " FROM seal_events WHERE lock_id = ?) WHERE next_seq > lock_seq + 1 ORDER BY lock_seq",
                 (lock_id,),
             )
-        ).fetchall()
         return [SequenceGap(lock_id, first, last) for first, last in rows]
 
     async def _select_in(self, sql: str, values: list[Any]) -> list[Any]:
         rows: list[Any] = []
         for start in range(0, len(values), _IN_CHUNK):
             chunk = values[start : start + _IN_CHUNK]
-            cursor = await self._reader_db.execute(sql.format(",".join("?" * len(chunk))), chunk)
-            rows.extend(await cursor.fetchall())
+            rows.extend(await self._rows(sql.format(",".join("?" * len(chunk))), chunk))
         return rows
 
     async def receipts_for(self, received_digests: list[bytes]) -> dict[bytes, tuple[UUID | None, bytes]]:
@@ -477,13 +480,11 @@ class SqliteStore:
         return {UUID(m): (bytes(digest), bytes(jws)) for m, digest, jws in rows}
 
     async def outbox_due(self, partner: str, limit: int) -> list[OutboxItem]:
-        rows = await (
-            await self._reader_db.execute(
+        rows = await self._rows(
                 f"SELECT {_OUTBOX_COLUMNS}, r.jws FROM outbox o JOIN records r ON r.message_id = o.message_id"
                 " WHERE o.partner = ? AND o.state = 'queued' ORDER BY o.id LIMIT ?",
                 (partner, limit),
             )
-        ).fetchall()
         return [_outbox_item(row, bytes(row[-1])) for row in rows]
 
     async def outbox(self, partner: str | None, state: Delivery | None, after: int, limit: int) -> list[OutboxItem]:
@@ -494,13 +495,11 @@ class SqliteStore:
         if state is not None:
             where.append("o.state = ?")
             params.append(state.value)
-        rows = await (
-            await self._reader_db.execute(
+        rows = await self._rows(
                 f"SELECT {_OUTBOX_COLUMNS} FROM outbox o JOIN records r ON r.message_id = o.message_id"
                 f" WHERE {' AND '.join(where)} ORDER BY o.id LIMIT ?",
                 (*params, limit),
             )
-        ).fetchall()
         return [_outbox_item(row) for row in rows]
 
     async def outbox_counts(self, partners: list[str]) -> dict[tuple[str, Delivery], int]:
@@ -521,20 +520,16 @@ class SqliteStore:
             if not cursor.isdigit() or len(cursor) > 18:
                 raise InvalidCursor(f"cursor {cursor[:40]!r} was not issued by this node")
             after = int(cursor)
-        rows = await (
-            await self._reader_db.execute(
+        rows = await self._rows(
                 "SELECT o.id, r.jws FROM outbox o JOIN records r ON r.message_id = o.message_id"
                 " WHERE o.partner = ? AND o.id > ? ORDER BY o.id LIMIT ?",
                 (partner, after, limit + 1),
             )
-        ).fetchall()
         items = [AddressedRecord(str(row[0]), bytes(row[1])) for row in rows[:limit]]
         return items, (items[-1].cursor if len(rows) > limit else None)
 
     async def itineraries(self) -> list[Itinerary]:
-        rows = await (
-            await self._reader_db.execute("SELECT ref_type, ref_id, offices, containers, updated_at FROM itineraries")
-        ).fetchall()
+        rows = await self._rows("SELECT ref_type, ref_id, offices, containers, updated_at FROM itineraries", ())
         return [
             Itinerary(
                 ConsignmentReference(ConsignmentReferenceType(r[0]), r[1]), tuple(r[2].split()), tuple(r[3].split()),

@@ -197,7 +197,8 @@ def _arrival(row: Sequence[Any]) -> Arrival:
 
 
 async def _all(db: Db, sql: str, params: Sequence[Any]) -> list[Any]:
-    return list(await (await db.execute(sql, params)).fetchall())
+    """All rows in one call on the reader's thread (see `SqliteStore._rows`: no snapshot held across an await)."""
+    return list(await db.execute_fetchall(sql, params))
 
 
 async def arrival(db: Db, ref: ConsignmentReference) -> Arrival | None:
