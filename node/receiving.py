@@ -37,9 +37,9 @@ outbox will fetch them with its next push.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
-from collections import Counter
 import logging
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from uuid import UUID
@@ -59,6 +59,7 @@ from .signing import Signing
 from .storage import ReceivedWrite, SignedRecord, Store, WriteStatus
 
 log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True, slots=True)
 class MessageResult:
