@@ -47,7 +47,7 @@ from .inputs import (
     TargetingIn,
     UnsealAuthorizationIn,
 )
-from .readmodel import alarm_json, consignment_view, container_view, decision_json, ref_json
+from .readmodel import alarm_json, consignment_view, container_view, decision_json, iso, ref_json
 from .unsealing import Unsealing, state_of
 from .partners import Partners
 from .receiving import MessageResult, Receiver
@@ -230,7 +230,7 @@ class NodeApi:
                 "message_type": record.message_type,
                 "sender": record.sender,
                 "recipients": list(record.recipients),
-                "prepared_at": _iso(record.prepared_at),
+                "prepared_at": iso(record.prepared_at),
                 "kid": record.kid,
                 "key_status": verified.key.key.status,
                 "held_by_this_node": stored is not None and stored.jws == record.jws,
@@ -322,8 +322,8 @@ class NodeApi:
                 "seal_id": body.seal_id,
                 "container": body.container,
                 "office": body.office,
-                "valid_from": _iso(body.valid_from),
-                "valid_to": _iso(body.valid_to),
+                "valid_from": iso(body.valid_from),
+                "valid_to": iso(body.valid_to),
                 "recipients": list(record.recipients),
                 "jws": record.jws.decode("ascii"),
             },
@@ -348,8 +348,8 @@ class NodeApi:
                         "issuer": e.issuer,
                         "seal_id": e.authorisation.seal_id,
                         "office": e.authorisation.office,
-                        "valid_from": _iso(e.authorisation.valid_from),
-                        "valid_to": _iso(e.authorisation.valid_to),
+                        "valid_from": iso(e.authorisation.valid_from),
+                        "valid_to": iso(e.authorisation.valid_to),
                         "state": state_of(e, now).value,
                         "used_by": str(e.used_by) if e.used_by else None,
                         "jws": e.jws.decode("ascii"),
@@ -617,10 +617,10 @@ def _outbox_json(item: OutboxItem) -> dict[str, Any]:
         "message_type": item.message_type,
         "state": item.state.value,
         "attempts": item.attempts,
-        "last_attempt_at": _iso(item.last_attempt_at) if item.last_attempt_at else None,
+        "last_attempt_at": iso(item.last_attempt_at) if item.last_attempt_at else None,
         "last_error": item.last_error,
         "receipt": f"/v1/records/{item.receipt_message_id}" if item.receipt_message_id else None,
-        "delivered_at": _iso(item.delivered_at) if item.delivered_at else None,
+        "delivered_at": iso(item.delivered_at) if item.delivered_at else None,
     }
 
 
@@ -637,16 +637,12 @@ def _entry_json(e: TimelineEntry) -> dict[str, Any]:
         "container": e.container,
         "seq": e.lock_sequence,
         "order": e.order.value,
-        "device_time": _iso(e.device_time),
-        "receipt_time": _iso(e.receipt_time),
+        "device_time": iso(e.device_time),
+        "receipt_time": iso(e.receipt_time),
         "location": location,
         "condition": e.condition,
         "gateway_id": e.gateway_id,
     }
-
-
-def _iso(value: Any) -> str:
-    return value.isoformat().replace("+00:00", "Z")
 
 
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:

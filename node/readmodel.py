@@ -26,7 +26,8 @@ from .sealchain import ChainEvent, ChainVerdict
 from .storage import AlarmEntry, SignedRecord, Store
 
 
-def _iso(value: datetime) -> str:
+def iso(value: datetime) -> str:
+    """A time as the API writes it: RFC 3339, UTC as ``Z``."""
     return value.isoformat().replace("+00:00", "Z")
 
 
@@ -46,7 +47,7 @@ def decision_json(body: RecognitionDecision, record: SignedRecord, *, issued: bo
         "office": body.office,
         "consignments": [ref_json(r) for r in body.consignment_refs],
         "outcome": body.outcome.value,
-        "decided_at": _iso(body.decided_at),
+        "decided_at": iso(body.decided_at),
         "containers": list(body.containers),
         "control_result_message_id": str(body.control_result_message_id) if body.control_result_message_id else None,
         "seal_chain_verdict": body.seal_chain_verdict.value if body.seal_chain_verdict else None,
@@ -73,11 +74,11 @@ def alarm_json(entry: AlarmEntry) -> dict[str, Any]:
         "lock_id": entry.lock_id,
         "seal_id": body.seal_id,
         "container": entry.container,
-        "raised_at": _iso(entry.raised_at),
+        "raised_at": iso(entry.raised_at),
         "description": body.description,
         "consignments": [ref_json(r) for r in body.consignment_refs],
         "evidence": _ids(body.evidence),
-        "acknowledged_at": _iso(entry.acknowledged_at) if entry.acknowledged_at else None,
+        "acknowledged_at": iso(entry.acknowledged_at) if entry.acknowledged_at else None,
         "acknowledged_by": entry.acknowledged_by,
     }
 
@@ -89,8 +90,8 @@ def _event_json(e: ChainEvent) -> dict[str, Any]:
         "seq": e.lock_sequence,
         "seal_id": e.seal_id,
         "type": e.event_type.value,
-        "device_time": _iso(e.device_time),
-        "receipt_time": _iso(e.receipt_time),
+        "device_time": iso(e.device_time),
+        "receipt_time": iso(e.receipt_time),
         "locode": e.locode,
         "condition": e.condition.value,
         "authorization_id": str(e.authorization_id) if e.authorization_id else None,
@@ -117,7 +118,7 @@ def _control_result_json(message_id: UUID, sender: str, result: ControlResult, i
         "office": result.office,
         "control_type": result.control_type.value,
         "result": result.result.value,
-        "controlled_at": _iso(result.controlled_at),
+        "controlled_at": iso(result.controlled_at),
         "officer": result.officer,
         "hs_codes": list(result.hs_codes),
         "transport_equipment": [
@@ -153,14 +154,14 @@ async def consignment_view(
         "office": recognition.office,
         "itinerary": {"offices": list(itinerary.offices), "containers": list(itinerary.containers)} if itinerary else None,
         "arrival": {
-            "arrived_at": _iso(arrival.arrived_at),
+            "arrived_at": iso(arrival.arrived_at),
             "containers": list(arrival.containers),
             "trigger_message_id": str(arrival.trigger) if arrival.trigger else None,
         }
         if arrival
         else None,
         "targeting": [
-            {"reference": t.reference, "reason": t.reason, "marked_at": _iso(t.marked_at)} for t in case.targeting
+            {"reference": t.reference, "reason": t.reason, "marked_at": iso(t.marked_at)} for t in case.targeting
         ],
         "control_results": [
             _control_result_json(i.message_id, i.sender, i.result, case.invalid_signatures.get(i.message_id))
@@ -172,7 +173,7 @@ async def consignment_view(
             "reasons": [
                 {"code": r.code.value, "description": r.description, "evidence": _ids(r.evidence)} for r in now.reasons
             ],
-            "as_of": _iso(case.at),
+            "as_of": iso(case.at),
         },
         "decisions": decisions,
         "alarms": sorted(alarms, key=lambda a: a["position"]),
@@ -192,7 +193,7 @@ async def container_view(container: str, store: Store, router: Router) -> dict[s
         consignments.append(
             {
                 **ref_json(refs[key]),
-                "latest_decision": {"outcome": latest.outcome, "decided_at": _iso(latest.decided_at), "by": latest.sender}
+                "latest_decision": {"outcome": latest.outcome, "decided_at": iso(latest.decided_at), "by": latest.sender}
                 if latest
                 else None,
             }
