@@ -31,7 +31,7 @@ from mrx.schemas import codec
 
 from ..sealchain import Authorisation, ChainEvent
 from . import AlarmEntry, Arrival, AuthorisationEntry, DecisionEntry, SignedRecord, Targeting
-from .sqlite_rows import RECORD_COLUMNS, classify, insert_records, record_from_row
+from .sqlite_rows import RECORD_COLUMNS, classify, insert_records, record_from_row, select_in
 from .sqlite_rows import dt as _dt
 from .sqlite_rows import ts as _ts
 
@@ -45,12 +45,13 @@ def index_bodies(db: sqlite3.Connection, items: Iterable[tuple[SignedRecord, Bod
     """Index stored records by their bodies. ``own``: records this node made (a gateway's seal events are
     indexed by ingest itself, with their order); otherwise records received from partners."""
     links: list[tuple[str, str, str]] = []
+    partner_events: list[tuple[SignedRecord, SealEvent]] = []
     for record, body in items:
         message_id = str(record.message_id)
         refs: tuple[ConsignmentReference, ...] = getattr(body, "consignment_refs", ())
         links.extend((ref.type.value, ref.id, message_id) for ref in refs)
         if isinstance(body, SealEvent) and not own:
-            _index_partner_event(db, record, body)
+            partner_events.append((record, body))
         elif isinstance(body, UnsealAuthorization):
             db.execute(
                 "INSERT OR IGNORE INTO unseal_authorizations (authorization_id, message_id, issuer, lock_id, seal_id,"
@@ -64,6 +65,7 @@ def index_bodies(db: sqlite3.Connection, items: Iterable[tuple[SignedRecord, Bod
             _insert_decision(db, record, body, None)
         elif isinstance(body, Alarm) and not own:
             _insert_alarm(db, record, body, None)
+    _index_partner_events(db, partner_events)
     if links:
         db.executemany("INSERT OR IGNORE INTO consignment_links (ref_type, ref_id, message_id) VALUES (?,?,?)", links)
 
@@ -97,8 +99,23 @@ def _fingerprint_known(db: sqlite3.Connection, body: Body, fingerprint: bytes) -
     return db.execute("SELECT 1 FROM alarms WHERE fingerprint = ?", (fingerprint,)).fetchone() is not None
 
 
-def _index_partner_event(db: sqlite3.Connection, record: SignedRecord, ev: SealEvent) -> None:
-    (high,) = db.execute("SELECT MAX(lock_seq) FROM seal_events WHERE lock_id = ?", (ev.lock_id,)).fetchone()
+def _index_partner_events(db: sqlite3.Connection, events: list[tuple[SignedRecord, SealEvent]]) -> None:
+    """Partners' seal events into ``seal_events`` (their order classified as ingest does), or, where the lock's
+    number or the event ID is held by another record already, into ``seal_event_claims``."""
+    if not events:
+        return
+    high: dict[str, int] = dict(
+        select_in(
+            db, "SELECT lock_id, MAX(lock_seq) FROM seal_events WHERE lock_id IN ({}) GROUP BY lock_id",
+            sorted({ev.lock_id for _, ev in events}),
+        )
+    )
+    for record, ev in events:
+        if _index_partner_event(db, record, ev, high.get(ev.lock_id)):
+            high[ev.lock_id] = max(high.get(ev.lock_id, ev.lock_sequence), ev.lock_sequence)
+
+
+def _index_partner_event(db: sqlite3.Connection, record: SignedRecord, ev: SealEvent, high: int | None) -> bool:
     position = ev.location.position if ev.location else None
     try:
         db.execute(
@@ -118,6 +135,8 @@ def _index_partner_event(db: sqlite3.Connection, record: SignedRecord, ev: SealE
             "INSERT OR IGNORE INTO seal_event_claims (message_id, lock_id, lock_seq, container) VALUES (?,?,?,?)",
             (str(record.message_id), ev.lock_id, ev.lock_sequence, ev.container),
         )
+        return False
+    return True
 
 
 def _insert_decision(
