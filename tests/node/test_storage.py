@@ -132,3 +132,28 @@ async def test_no_statement_on_the_ingest_or_read_path_scans_a_table(store: Sqli
                       "received", "receipts_issued", "partner_state")
             scans = [t for t in tables if f"SCAN {t}" in plan and "USING" not in plan.split(f"SCAN {t}")[1][:40]]
             assert not scans, f"full scan of {scans} in: {sql[:200]}\nplan: {plan}"
+
+
+async def test_partner_seal_events_join_the_chain_and_a_colliding_one_is_kept_as_a_claim(store: SqliteStore) -> None:
+    """Received events are indexed for the seal chain; one whose lock number is taken stays visible, not dropped."""
+    ours = write(seq=1, lock="LK-C")
+    await store.store_seal_events([ours])
+    partner = RecordSigner("KZ-DOS", lambda: KEY)
+    received = []
+    for seq in (2, 1):  # 2 joins the chain; 1 claims a number this node holds under another event
+        event = write(seq=seq, lock="LK-C").event
+        theirs = partner.sign(event, recipients=("CN-AKL",))
+        receipt = SIGNER.sign(Receipt(theirs.message_id, theirs.digest, ReceiptStatus.ACCEPTED, NOW))
+        received.append(
+            ReceivedWrite("KZ-DOS", theirs.digest, receipt, theirs.message_id, theirs, theirs.digest, event)
+        )
+    outcomes = await store.store_received(received)
+    assert [o.status for o in outcomes] == [WriteStatus.ACCEPTED, WriteStatus.ACCEPTED]
+
+    chain = await store.chain_events([factories.container()])
+    by_record = {e.message_id: e.lock_sequence for e in chain}
+    assert by_record == {
+        ours.record.message_id: 1, received[0].record.message_id: 2, received[1].record.message_id: 1,
+    }
+    page = await store.timeline(TimelineKey.LOCK, "LK-C", None, 10)
+    assert [(e.lock_sequence, e.order) for e in page.items] == [(1, Order.FIRST), (2, Order.NEXT)]
