@@ -307,7 +307,7 @@ class NodeApi:
         await self.access.authenticate(request.headers.get("Authorization"), "national", "auditor")
         container = request.match_info["container"]
         _check_param(identifiers.check_container(container))
-        return json_response(await container_view(container, self.store, self.router))
+        return json_response(await container_view(container, self.store, self.recognition))
 
     async def post_unseal_authorization(self, request: web.Request) -> web.Response:
         """An officer authorises opening one lock at this office, once, within a window (unsealing.py)."""

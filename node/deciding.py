@@ -321,6 +321,13 @@ class Recognition:
                 inspections.append(Inspection(record.message_id, record.sender, body))
         return inspections, invalid
 
+    async def consignments_of(self, container: str) -> list[ConsignmentReference]:
+        """The consignments a container travels for now: those whose itinerary lists it, and those its lock
+        named at its latest sealing."""
+        found = {(r.type.value, r.id): r for r in self._router.consignments_of(container)}
+        found.update({(r.type.value, r.id): r for r in await self._store.consignments_of(container)})
+        return [found[key] for key in sorted(found)]
+
     async def _put_arrival(self, arrival: Arrival) -> Arrival:
         stood = await self._store.put_arrival(arrival)
         for container in stood.containers:  # a container makes many journeys: keep its latest arrival
@@ -352,8 +359,7 @@ class Recognition:
 
     async def _arrive_events(self, arrivals: list[tuple[UUID, SealEvent]]) -> None:
         for message_id, event in arrivals:
-            refs = {(r.type.value, r.id): r for r in self._router.consignments_of(event.container)}
-            refs.update({(r.type.value, r.id): r for r in await self._store.consignments_of(event.container)})
+            refs = {(r.type.value, r.id): r for r in await self.consignments_of(event.container)}
             if not refs:
                 log.warning(
                     "container %s arrived at %s, but no consignment is known for it; register its itinerary",

@@ -180,9 +180,8 @@ async def consignment_view(
     }
 
 
-async def container_view(container: str, store: Store, router: Router) -> dict[str, Any]:
-    refs = {(r.type.value, r.id): r for r in router.consignments_of(container)}
-    refs.update({(r.type.value, r.id): r for r in await store.consignments_of(container)})
+async def container_view(container: str, store: Store, recognition: Recognition) -> dict[str, Any]:
+    refs = {(r.type.value, r.id): r for r in await recognition.consignments_of(container)}
     refs.update({(a.ref.type.value, a.ref.id): a.ref for a in await store.arrivals_of([container])})
     events = sorted(await store.chain_events([container]), key=lambda e: (e.lock_id, e.lock_sequence, str(e.message_id)))
     alarms = await store.alarms(container=container, open_only=False, after=0, limit=100)
