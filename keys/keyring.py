@@ -16,6 +16,10 @@ Layout::
                               exactly jwks.json's
       <kid>.pem         0600  PKCS#8 private key of the active key; no other
                               private key is kept
+      log.key           0600  PKCS#8 Ed25519 key that signs the audit log's
+                              checkpoints and the node's cosignatures as a
+                              witness (`KeyStore.note_key`); made on first use,
+                              never rotated: it is the log's identity
       .lock             0600  flock'd while a change is made
 
 Invariants, checked by `KeyStore.open` (refusals are `KeyStoreError` with a
@@ -96,6 +100,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    load_pem_private_key,
+)
+
 from . import jwk, keyset, strictjson
 from .jwks import Keyring, KeyringError, PublicKey
 from .jws import SigningKey
@@ -105,6 +118,7 @@ INDEX = "jwks.json"
 STATEMENTS = "statements.json"
 LOCK = ".lock"
 PRIVATE_SUFFIX = ".pem"
+NOTE_KEY = "log.key"
 
 __all__ = ["KeyStore", "KeyStoreError", "Keyring", "KeyringError", "PublicKey"]
 
@@ -305,6 +319,35 @@ class KeyStore:
             _sweep_private_keys(self.path, keep=active)
         return revoked
 
+    def note_key(self) -> Ed25519PrivateKey:
+        """The Ed25519 key of the node's audit log and witness (``log.key``), made on first use.
+
+        Not a JWS key: it signs C2SP notes (`mrx.keys.notes`), is published as a
+        note verifier key, and is never rotated, because a log's key is its identity.
+        """
+        path = self.path / NOTE_KEY
+        with self._changing():
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                key = Ed25519PrivateKey.generate()
+                pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                _write_and_sync(fd, path, pem)
+                _fsync_directory(self.path)
+                return key
+            except OSError as error:
+                raise KeyStoreError(f"Cannot read the log key {path}: {error.strerror}.") from None
+            with os.fdopen(fd, "rb") as file:
+                pem = file.read()
+        try:
+            key = load_pem_private_key(pem, password=None)
+        except (TypeError, ValueError, UnsupportedAlgorithm) as error:
+            raise KeyStoreError(f"The log key {path} cannot be used ({error}); restore it from backup.") from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise KeyStoreError(f"The log key {path} is not an Ed25519 key; restore it from backup.")
+        return key
+
     def __repr__(self) -> str:
         signing = self._state.signing_key
         return f"KeyStore({str(self.path)!r}, active={signing.kid if signing else None!r})"
@@ -390,7 +433,7 @@ def _check_permissions(path: Path) -> None:
         )
     with os.scandir(path) as entries:
         for entry in entries:
-            if not entry.name.endswith(PRIVATE_SUFFIX):
+            if not entry.name.endswith(PRIVATE_SUFFIX) and entry.name != NOTE_KEY:
                 continue
             info = entry.stat(follow_symlinks=False)
             if not stat.S_ISREG(info.st_mode):

@@ -10,6 +10,7 @@ in ingest, or by aiohttp itself (unknown route, wrong method).
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
@@ -32,6 +33,7 @@ from mrx.schemas.xml import XmlError
 
 from . import openapi
 from .access import Access
+from .auditlog import AuditLog
 from .body import parse_json, read_body
 from .config import NodeConfig
 from .access import Caller
@@ -131,6 +133,7 @@ class NodeApi:
     router: Router
     recognition: Recognition
     unsealing: Unsealing
+    audit: AuditLog
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -156,6 +159,10 @@ class NodeApi:
             web.get("/v1/containers/{container}/events", self.get_container_events),
             web.get("/v1/seals/{seal_id}/events", self.get_seal_events),
             web.get("/v1/locks/{lock_id}/events", self.get_lock_events),
+            web.get("/v1/log/checkpoint", self.get_log_checkpoint),
+            web.post("/v1/log/checkpoint", self.post_log_checkpoint),
+            web.get("/v1/log/proofs/{message_id}", self.get_log_proof),
+            web.get("/v1/log/consistency", self.get_log_consistency),
             web.get("/.well-known/jwks.json", self.get_jwks),
             web.get("/.well-known/mrx-key-statements", self.get_key_statements),
             web.get("/.well-known/mrx", self.get_discovery),
@@ -490,11 +497,7 @@ class NodeApi:
 
     async def get_record(self, request: web.Request) -> web.Response:
         await self.access.authenticate(request.headers.get("Authorization"), "national", "auditor")
-        raw = request.match_info["message_id"]
-        try:
-            message_id = UUID(raw)
-        except ValueError:
-            raise Problem("invalid-parameter", f"{raw[:64]!r} is not a message ID (a UUID)") from None
+        message_id = _message_id(request)
         record = await self.store.record(message_id)
         if record is None:
             raise Problem("not-found", f"this node holds no record {message_id}")
@@ -540,6 +543,47 @@ class NodeApi:
         body["gaps"] = [{"first_missing": g.first_missing, "last_missing": g.last_missing} for g in gaps]
         return json_response(body)
 
+    # -- the audit log (docs/audit.md) ---------------------------------------------
+
+    async def get_log_checkpoint(self, request: web.Request) -> web.Response:
+        """The latest signed checkpoint: public, like the JWKS (it says only how long the log is and its root)."""
+        latest = await self.audit.latest()
+        _, note = latest if latest is not None else await self.audit.checkpoint()
+        return web.Response(text=note, content_type="text/plain", headers={"Cache-Control": "no-cache"})
+
+    async def post_log_checkpoint(self, request: web.Request) -> web.Response:
+        await self.access.authenticate(request.headers.get("Authorization"), "national", "auditor")
+        _, note = await self.audit.checkpoint()
+        return web.Response(text=note, content_type="text/plain", headers={"Cache-Control": "no-store"})
+
+    async def get_log_proof(self, request: web.Request) -> web.Response:
+        await self.access.authenticate(request.headers.get("Authorization"), "national", "auditor")
+        message_id = _message_id(request)
+        proof = await self.audit.proof_for(str(message_id))
+        if proof is None:
+            raise Problem("not-found", f"this node's log holds no record {message_id}")
+        return web.Response(text=proof, content_type="text/plain", headers={"Cache-Control": "no-store"})
+
+    async def get_log_consistency(self, request: web.Request) -> web.Response:
+        await self.access.authenticate(request.headers.get("Authorization"), "national", "auditor")
+        sizes = []
+        for name in ("from", "to"):
+            text = request.query.get(name, "")
+            if not text.isdigit() or len(text) > 19:
+                raise Problem("invalid-parameter", f"give ?from=M&to=N, two tree sizes with M <= N; {name} is {text[:30]!r}")
+            sizes.append(int(text))
+        old, new = sizes
+        latest = await self.audit.latest()
+        signed = latest[0] if latest is not None else 0
+        if old > new or new > signed:
+            raise Problem(
+                "invalid-parameter",
+                f"a consistency proof goes from a smaller size to a larger one no larger than the latest "
+                f"checkpoint ({signed}); asked from {old} to {new}",
+            )
+        proof = await self.audit.consistency(old, new)
+        return json_response({"from": old, "to": new, "proof": [base64.b64encode(h).decode() for h in proof]})
+
     async def get_jwks(self, request: web.Request) -> web.Response:
         self.keystore.reload()  # a rotation or revocation made with `mrx keys` while the node runs
         return json_response(self.keystore.jwks(), headers={"Cache-Control": "public, max-age=60"})
@@ -560,6 +604,11 @@ class NodeApi:
                 "key_statements_uri": "/.well-known/mrx-key-statements",
                 "openapi_uri": "/openapi.json",
                 "message_namespace": "urn:mrx:datamodel:MRX:1",
+                "log": {
+                    "origin": self.audit.origin,
+                    "verifier_key": str(self.audit.verifier),
+                    "checkpoint_uri": "/v1/log/checkpoint",
+                },
             }
         )
 
@@ -579,6 +628,14 @@ class NodeApi:
 
     async def get_openapi(self, request: web.Request) -> web.Response:
         return json_response(openapi.document())
+
+
+def _message_id(request: web.Request) -> UUID:
+    raw = request.match_info["message_id"]
+    try:
+        return UUID(raw)
+    except ValueError:
+        raise Problem("invalid-parameter", f"{raw[:64]!r} is not a message ID (a UUID)") from None
 
 
 def _event_json(result: EventResult, path: str) -> dict[str, Any]:

@@ -21,6 +21,9 @@ from pathlib import Path
 from uuid import UUID
 
 from mrx.keys.keyring import KeyStore, KeyStoreError
+from mrx.keys.notes import NoteError, NoteSigner, VerifierKey
+
+from . import auditlog
 
 from .access import new_credential
 from .config import CONFIG_NAME, DEFAULT_PORT, ConfigError, NodeConfig, load_config, write_new_config
@@ -168,6 +171,62 @@ def cmd_outbox(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
 
 
+def cmd_log(args: argparse.Namespace) -> int:
+    """``mrx log checkpoint`` and ``mrx log export``: on a running node's data or a stopped one's."""
+    config = _load(args)
+    signer = NoteSigner(config.log_origin, KeyStore.open(config.keys_path).note_key())
+    out = Path(args.out) if args.log_command == "export" else None
+    if out is not None and out.exists() and any(out.iterdir()):
+        raise CommandError(f"{out} is not empty; export into a new or empty directory")
+
+    async def run() -> int:
+        store = await SqliteStore.open(config.database_path)
+        try:
+            size, note = await auditlog.AuditLog(store, signer).checkpoint()
+            if out is None:
+                print(note, end="")
+                return 0
+            progress = _progress("tiles")
+            files = await store.log_read(lambda db: auditlog.export_tiles(db, size, note, out, progress))
+            print(f"exported {size} records ({files} files) to {out}; verify with: "
+                  f"mrx verify --log {out} --log-key '{signer.verifier}'", file=sys.stderr)
+            return 0
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """``mrx verify --log DIR``: re-prove a tiles export offline against the log's verifier key."""
+    try:
+        key = VerifierKey.parse(args.log_key)
+    except NoteError as exc:
+        raise CommandError(f"--log-key: {exc}") from None
+    try:
+        checkpoint = auditlog.reprove_tiles(Path(args.log), key, _progress("tiles"))
+    except (NoteError, auditlog.ProofError, LookupError) as exc:
+        print(f"FAIL  log {args.log}: {exc}")
+        return 1
+    print(f"ok    checkpoint signature: {checkpoint.origin}, {checkpoint.size} records, by {key.name}")
+    print("ok    every entry hashes to its tile, every tile to the one above, the tiles to the checkpoint's root")
+    return 0
+
+
+def _progress(what: str) -> auditlog.Progress | None:
+    """A one-line progress bar on stderr when it is a terminal."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        width = 30
+        filled = width * done // max(total, 1)
+        end = "\n" if done >= total else ""
+        print(f"\r  {what} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end=end, file=sys.stderr, flush=True)
+
+    return show
+
+
 def _credential_or_error(config: NodeConfig, name: str, role: str, patterns: tuple[str, ...]) -> str:
     try:
         return asyncio.run(_add_credential(config, name, role, patterns))
@@ -241,6 +300,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("partner", metavar="PARTNER")
     p.add_argument("--message", action="append", metavar="MESSAGE_ID", help="only this record; repeatable")
     outbox.set_defaults(func=cmd_outbox)
+
+    audit = sub.add_parser("log", help="the audit log: checkpoint, export (docs/audit.md)")
+    audit_sub = audit.add_subparsers(dest="log_command", required=True, metavar="ACTION")
+    with_config(audit_sub.add_parser("checkpoint", help="print the latest signed checkpoint (signing one if the log grew)"))
+    p = with_config(audit_sub.add_parser("export", help="write the log in C2SP tlog-tiles layout"))
+    p.add_argument("--out", required=True, metavar="DIR", help="a new or empty directory")
+    audit.set_defaults(func=cmd_log)
+
+    p = sub.add_parser("verify", help="verify offline what a node exported (docs/audit.md)")
+    p.add_argument("--log", required=True, metavar="DIR", help="a tiles export (mrx log export)")
+    p.add_argument("--log-key", required=True, metavar="VKEY",
+                   help="the log's note verifier key (name+id+key), as the node's /.well-known/mrx publishes it")
+    p.set_defaults(func=cmd_verify)
     return parser
 
 

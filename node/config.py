@@ -34,7 +34,9 @@ class Limits(BaseModel):
 
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
     max_batch_events: int = Field(default=500, ge=1, le=10_000)
-    max_xml_bytes: int = Field(default=262_144, ge=4096, le=16 * 1_048_576)
+    # A record's JWS must fit one audit-log entry (65,535 bytes, C2SP tlog-tiles): 48,000 bytes of XML
+    # make at most 64,237 bytes of JWS. Real messages are one to three kilobytes.
+    max_xml_bytes: int = Field(default=48_000, ge=4096, le=48_000)
     page_size: int = Field(default=100, ge=1, le=1000)
 
 
@@ -115,6 +117,18 @@ class Recognition(BaseModel):
     clock_tolerance_seconds: int = Field(default=300, ge=0, le=3600)  # how far two clocks may disagree
 
 
+class Log(BaseModel):
+    """The audit log (docs/audit.md)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    # The log's name in its checkpoints, and its key's name: the URL auditors
+    # fetch it from, without the scheme, e.g. "customs.example.kz/mrx/log".
+    # Never change it once checkpoints are out. Default: "mrx/<node_id>".
+    origin: Annotated[str, Field(pattern=r"^[^\s+]{1,200}$")] | None = None
+    checkpoint_seconds: int = Field(default=60, ge=1, le=86_400)  # sign a checkpoint this often if the log grew
+
+
 class NodeConfig(BaseModel):
     """What ``mrx.toml`` holds. Paths are resolved against ``base_dir``."""
 
@@ -134,6 +148,7 @@ class NodeConfig(BaseModel):
     partners: list[Partner] = []
     agreements: list[AgreementTerms] = []
     recognition: Recognition = Recognition()
+    log: Log = Log()
 
     base_dir: Path = Field(default=Path("."), exclude=True)
 
@@ -165,6 +180,10 @@ class NodeConfig(BaseModel):
     @property
     def keys_path(self) -> Path:
         return (self.base_dir / self.keys_dir).resolve()
+
+    @property
+    def log_origin(self) -> str:
+        return self.log.origin or f"mrx/{self.node_id}"
 
     @property
     def database_path(self) -> Path:
@@ -219,7 +238,7 @@ log_level = "info"
 [limits]
 max_body_bytes = 1048576   # largest request body, after decompression
 max_batch_events = 500     # most seal events in one POST
-max_xml_bytes = 262144     # largest XML message accepted
+max_xml_bytes = 48000      # largest XML message accepted (at most 48000: a record must fit a log entry)
 page_size = 100            # default page of timelines
 
 [storage]
@@ -236,6 +255,10 @@ retry_max_seconds = 60     # backoff cap after failures to reach a partner
 [recognition]
 reporting_period_minutes = 60  # longest a lock in transit may stay silent before its chain is UNKNOWN
 clock_tolerance_seconds = 300  # how far a lock's clock may disagree with its gateway's
+
+[log]
+# origin = "customs.example.cn/mrx/log"  # the log's name in checkpoints; default "mrx/<node_id>"; never change it
+checkpoint_seconds = 60    # sign a checkpoint this often when the log has grown
 
 # Partner nodes, one [[partners]] table each (docs/protocol.md):
 # [[partners]]

@@ -95,6 +95,9 @@ class NodeMetrics:
             "mrx_unseal_authorizations", "Unseal authorisations issued", registry=r
         )
         # Background jobs (APScheduler)
+        self.log_checkpoint_size = Gauge(
+            "mrx_log_checkpoint_size", "Leaves in the audit log's latest signed checkpoint", registry=r
+        )
         self.job_runs = Counter("mrx_job_runs", "Background job runs, by outcome", ["job", "outcome"], registry=r)
         self.job_last_success = Gauge(
             "mrx_job_last_success_timestamp_seconds", "When each background job last succeeded", ["job"], registry=r

@@ -698,6 +698,60 @@ def document() -> dict[str, Any]:
                 "responses": {"200": _json({"type": "object"}, "JWKS")},
             }
         },
+        "/v1/log/checkpoint": {
+            "get": {
+                "summary": "The audit log's latest signed checkpoint (C2SP tlog-checkpoint note); public",
+                "responses": {
+                    "200": {"description": "The signed note", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                },
+            },
+            "post": {
+                "summary": "Sign a checkpoint now if the log grew since the latest; the latest checkpoint",
+                "security": _BEARER,
+                "responses": {
+                    "200": {"description": "The signed note", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    **_problems(401, 403),
+                },
+            },
+        },
+        "/v1/log/proofs/{message_id}": {
+            "get": {
+                "summary": "A record's inclusion proof against a signed checkpoint, as a C2SP tlog-proof",
+                "security": _BEARER,
+                "parameters": [
+                    {"name": "message_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+                ],
+                "responses": {
+                    "200": {"description": "The tlog-proof", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    **_problems(400, 401, 403, 404),
+                },
+            }
+        },
+        "/v1/log/consistency": {
+            "get": {
+                "summary": "An RFC 9162 consistency proof between two tree sizes, up to the latest checkpoint's",
+                "security": _BEARER,
+                "parameters": [
+                    {"name": name, "in": "query", "required": True, "schema": {"type": "integer", "minimum": 0}}
+                    for name in ("from", "to")
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["from", "to", "proof"],
+                            "properties": {
+                                "from": {"type": "integer"},
+                                "to": {"type": "integer"},
+                                "proof": {"type": "array", "items": {"type": "string", "contentEncoding": "base64"}},
+                            },
+                        },
+                        "Base64 SHA-256 hashes, RFC 9162 §2.1.4 order",
+                    ),
+                    **_problems(400, 401, 403),
+                },
+            }
+        },
         "/.well-known/mrx-key-statements": {
             "get": {
                 "summary": "The chain of signed key-set statements (compact JWS, oldest first) for partners",
@@ -715,7 +769,7 @@ def document() -> dict[str, Any]:
         },
         "/.well-known/mrx": {
             "get": {
-                "summary": "Discovery: node ID, office, where the keys and this document are",
+                "summary": "Discovery: node ID, office, where the keys and this document are; the log's origin and key",
                 "responses": {"200": _json({"type": "object"}, "Discovery document")},
             }
         },

@@ -31,6 +31,10 @@ from mrx.schemas.xml import XmlError
 from .storage import SignedRecord
 
 
+LOG_ENTRY_MAX_BYTES = 65_535
+"""The longest record: every record is an entry of the audit log, and a C2SP tlog-tiles entry bundle
+prefixes each entry with a 16-bit length. ``[limits] max_xml_bytes`` is capped to fit."""
+
 _NOT_XML_TEXT = re.compile(r"[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
@@ -106,6 +110,11 @@ class RecordSigner:
             correlation_id=correlation_id,
         )
         token = key.sign(codec.encode(Message(header=header, body=body)), media_type(message_type))
+        if len(token) > LOG_ENTRY_MAX_BYTES:
+            raise ValueError(
+                f"the signed {message_type} is {len(token)} bytes; a record fits one audit-log entry "
+                f"of at most {LOG_ENTRY_MAX_BYTES} bytes"
+            )
         return SignedRecord(
             message_id=header.message_id,
             message_type=message_type,
@@ -187,7 +196,7 @@ def verify_record(
 
     Raises `JwsError`, `XmlError` or `RecordError`; each has ``code`` and ``detail``.
     """
-    verified = verify_compact(token, keys, max_bytes=max_compact_bytes(max_xml_bytes))
+    verified = verify_compact(token, keys, max_bytes=min(max_compact_bytes(max_xml_bytes), LOG_ENTRY_MAX_BYTES))
     message = codec.decode(verified.payload, max_bytes=max_xml_bytes)
     header = message.header
     if verified.typ != media_type(header.message_type):

@@ -31,9 +31,11 @@ from aiohttp import web
 
 from mrx.keys.jws import SigningKey
 from mrx.keys.keyring import KeyStore
+from mrx.keys.notes import NoteSigner
 
 from .access import Access
 from .api import API_VERSION, NodeApi, problem_middleware
+from .auditlog import AuditLog
 from .config import NodeConfig
 from .deciding import Recognition, agreements_of, rules_of
 from .ingest import Ingest
@@ -143,6 +145,10 @@ class Node:
             jobs.add("catch-up", puller.pull_all, settings.pull_seconds)
             jobs.add("sweep", sweep, settings.sweep_seconds, at_start=True)
         jobs.add("prune", prune, 3600)
+        audit = AuditLog(
+            store, NoteSigner(config.log_origin, self.keystore.note_key()), self.metrics.log_checkpoint_size.set
+        )
+        jobs.add("checkpoint", audit.checkpoint, config.log.checkpoint_seconds, at_start=True)
 
         recognition = Recognition(
             node_id=config.node_id, office=config.office, store=store, signing=signing, router=router,
@@ -167,6 +173,7 @@ class Node:
             router=router,
             recognition=recognition,
             unsealing=Unsealing(config.node_id, config.office, store, signing, router, recognition, self.metrics),
+            audit=audit,
         )
         app = web.Application(middlewares=[problem_middleware(self.metrics)], client_max_size=config.limits.max_body_bytes)
         app.add_routes(api.routes())

@@ -25,6 +25,12 @@ alone, so one poisoned write cannot fail its neighbours.
 
 Reads use a second connection through aiosqlite; WAL gives them a
 consistent snapshot and they never wait for the writer.
+
+Every group commit also appends the records it inserted to the audit log,
+in the same transaction (`mrx.node.storage.sqlite_log`). The log's proofs
+and exports read through a third connection on a thread of its own
+(`SqliteStore.log_read`): a proof is many small reads, and one call there is
+one hop, as for the writer.
 Schema versions live in ``PRAGMA user_version``; migrations are the numbered
 ``.sql`` files in ``migrations/sqlite`` and run at open, in one transaction.
 """
@@ -79,6 +85,7 @@ from . import (
     WriteStatus,
 )
 
+from . import sqlite_log
 from . import sqlite_recognition as recognition
 from .sqlite_rows import IN_CHUNK as _IN_CHUNK
 from .sqlite_rows import RECORD_COLUMNS, record_from_row
@@ -127,6 +134,9 @@ class SqliteStore:
         self._queue: asyncio.Queue[_Op | None] = asyncio.Queue()
         self._writer_task: asyncio.Task[None] | None = None
         self._closed = False
+        self._log_state: sqlite_log.LogState | None = None  # the audit log's edge; writer thread only
+        self._log_thread = ThreadPoolExecutor(1, thread_name_prefix="mrx-sqlite-log")
+        self._log_db: sqlite3.Connection | None = None  # opened on, and used only on, _log_thread
         self._appliers: dict[str, Callable[[sqlite3.Connection, list[Any]], list[Any]]] = {
             "seal_events": _apply_seal_events,
             "control_result": _apply_control_results,
@@ -154,6 +164,7 @@ class SqliteStore:
         await reader.execute("PRAGMA busy_timeout = 10000")
         await reader.execute("PRAGMA query_only = ON")
         store = cls(path, writer, thread, reader, max_batch_ops)
+        await loop.run_in_executor(thread, store._transaction, [])  # log what an older version stored unlogged
         store._writer_task = loop.create_task(store._write_loop(), name="mrx-sqlite-writer")
         return store
 
@@ -219,11 +230,28 @@ class SqliteStore:
                 outcomes = self._appliers[kind](db, [batch[i][1] for i in indexes])
                 for i, outcome in zip(indexes, outcomes, strict=True):
                     results[i] = outcome
+            log_state = sqlite_log.append(db, self._log_state)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        self._log_state = log_state
         return results
+
+    async def log_read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``fn`` on the log reader's connection, on its thread (see `mrx.node.storage.sqlite_log`)."""
+        if self._closed:
+            raise StoreClosed("the store is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._log_thread, self._on_log_thread, fn)
+
+    async def log_write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``fn`` in the writer's next group commit (the log's checkpoints and cosignatures)."""
+        return await self._call(fn)
+
+    def _on_log_thread(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        if self._log_db is None:
+            self._log_db = open_reader(self.path)
+        return fn(self._log_db)
 
     # -- writes -------------------------------------------------------------
 
@@ -560,6 +588,9 @@ class SqliteStore:
             await self._writer_task
         await asyncio.get_running_loop().run_in_executor(self._thread, self._writer_db.close)
         self._thread.shutdown()
+        if self._log_db is not None:
+            await asyncio.get_running_loop().run_in_executor(self._log_thread, self._log_db.close)
+        self._log_thread.shutdown()
         await self._reader_db.close()
 
 
@@ -735,6 +766,13 @@ def _open_writer(path: Path) -> sqlite3.Connection:
     except BaseException:
         db.close()
         raise
+    return db
+
+
+def open_reader(path: Path) -> sqlite3.Connection:
+    """A read-only connection to a node's database, for reads beside the writer or on a stopped node."""
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+    db.execute("PRAGMA busy_timeout = 10000")
     return db
 
 

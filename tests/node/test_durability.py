@@ -65,6 +65,10 @@ async def test_sigkill_during_ingest_loses_no_acknowledged_event(tmp_path: Path)
     with sqlite3.connect(node_dir.database) as db:
         stored = dict(db.execute("SELECT event_id, message_id FROM seal_events").fetchall())
         records = dict(db.execute("SELECT message_id, jws FROM records").fetchall())
+        # Killed mid-stream, the audit log and the records still agree: every record is a leaf, in order.
+        (count,) = db.execute("SELECT COUNT(*) FROM records").fetchone()
+        log = db.execute("SELECT COUNT(*), MAX(leaf_index), COUNT(DISTINCT record_seq) FROM log_leaves").fetchone()
+    assert log == (count, count - 1, count)
     missing = set(acked) - set(stored)
     assert not missing, f"{len(missing)} acknowledged events lost, e.g. {sorted(missing)[:3]}"
     assert all(stored[e] == m for e, (m, _) in acked.items())
