@@ -14,8 +14,9 @@ one ``sqlite3`` connection, as the writer thread drives them:
   default): batches of 100 records of 1,600 bytes (a seal event's JWS) are
   inserted, then `sqlite_log.append` runs in the same transaction, as in a
   group commit; the figure is the append's time per record, median over the
-  batches. Between the two points the log is grown with small records
-  (200 bytes; the append cost does not depend on earlier records' size).
+  batches. Between the two points the log is grown with records of 1,600
+  bytes up to 100,000 leaves, then with small ones (200 bytes; the append
+  cost does not depend on earlier records' size).
   Beside it, in the same batches, the cost of inserting the records
   themselves: the append should be a small fraction of storing a record, and
   flat in the log's size. Goal: at 10⁶ within 20 % of at 10⁴.
@@ -114,7 +115,8 @@ class Log:
     def grow_to(self, leaves: int, label: str) -> None:
         started = time.monotonic()
         while self.count < leaves:
-            self.batch(FILL_BYTES)
+            # The leaves the re-proving run exports are record-sized; beyond them, small ones fill faster.
+            self.batch(RECORD_BYTES if self.count < EXPORT_LEAVES else FILL_BYTES)
             if self.count % 100_000 == 0:
                 print(f"  {label}: {self.count:,} leaves ({time.monotonic() - started:.0f} s)", file=sys.stderr)
 
@@ -142,7 +144,8 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     asyncio.run(migrate())
     log = Log(path)
     small = 10_000
-    log.grow_to(small - args.batches * BATCH, "fill")
+    log.grow_to(small - 2 * args.batches * BATCH, "fill")
+    log.measure_append(args.batches)  # warm-up: the first batches of a fresh database run slow
     at_small = log.measure_append(args.batches)
     log.grow_to(args.leaves - args.batches * BATCH, "fill")
     at_large = log.measure_append(args.batches)
@@ -207,9 +210,9 @@ def render(r: dict[str, Any]) -> str:
     for point in (small, large):
         lines.append(f"  log of {point['leaves']:>12,}            {point['append_us']:8.1f}   "
                      f"{point['insert_us']:20.1f}   {point['append_us'] / point['insert_us']:14.2f}")
-    ok = "met" if r["flatness"] <= GOAL_FLAT else "MISSED"
+    ok = "met" if r["flatness"] <= GOAL_FLAT else "MISSED"  # growth is the risk; faster at 10⁶ is noise
     lines += [
-        f"  append at {large['leaves']:,} vs {small['leaves']:,}: {r['flatness']:+.0%}   goal within ±20%: {ok}",
+        f"  append at {large['leaves']:,} vs {small['leaves']:,}: {r['flatness']:+.0%}   goal at most +20%: {ok}",
         "",
         f"Checkpoint (tree head + Ed25519 note) at {r['head_size']:,} leaves: {r['checkpoint_ms']:.2f} ms",
         f"Inclusion proof at {r['head_size']:,} leaves: p50 {r['proof_ms']['p50']:.2f} ms, "

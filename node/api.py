@@ -51,6 +51,7 @@ from .inputs import (
 )
 from .readmodel import alarm_json, consignment_view, container_view, decision_json, iso, ref_json
 from .unsealing import Unsealing, state_of
+from .witness import MAX_REQUEST_BYTES, SIZE_MEDIA_TYPE, Conflict, Witness
 from .partners import Partners
 from .receiving import MessageResult, Receiver
 from .routing import Router
@@ -58,6 +59,7 @@ from .sending import Deliveries
 from .metrics import NodeMetrics
 from .problems import PROBLEM_MEDIA_TYPE, Problem
 from .records import RecordError, own_keys, verify_record
+from .storage import sqlite_log
 from .storage import Delivery, InvalidCursor, Itinerary, OutboxItem, Store, Targeting, TimelineEntry, TimelineKey
 
 log = logging.getLogger(__name__)
@@ -134,6 +136,7 @@ class NodeApi:
     recognition: Recognition
     unsealing: Unsealing
     audit: AuditLog
+    witness: Witness
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -163,6 +166,8 @@ class NodeApi:
             web.post("/v1/log/checkpoint", self.post_log_checkpoint),
             web.get("/v1/log/proofs/{message_id}", self.get_log_proof),
             web.get("/v1/log/consistency", self.get_log_consistency),
+            web.post("/v1/log/witness/add-checkpoint", self.post_add_checkpoint),
+            web.get("/v1/log/witness/evidence", self.get_witness_evidence),
             web.get("/.well-known/jwks.json", self.get_jwks),
             web.get("/.well-known/mrx-key-statements", self.get_key_statements),
             web.get("/.well-known/mrx", self.get_discovery),
@@ -583,6 +588,20 @@ class NodeApi:
             )
         proof = await self.audit.consistency(old, new)
         return json_response({"from": old, "to": new, "proof": [base64.b64encode(h).decode() for h in proof]})
+
+    async def post_add_checkpoint(self, request: web.Request) -> web.Response:
+        """C2SP tlog-witness: a partner's log asks this node to cosign its checkpoint (mrx.node.witness)."""
+        body = await read_body(request, MAX_REQUEST_BYTES)
+        try:
+            cosignature = await self.witness.add_checkpoint(body)
+        except Conflict as conflict:
+            return web.Response(status=409, text=f"{conflict.held_size}\n", content_type=SIZE_MEDIA_TYPE)
+        return web.Response(text=cosignature, content_type="text/plain")
+
+    async def get_witness_evidence(self, request: web.Request) -> web.Response:
+        """Checkpoints partner logs signed that contradict ones this node cosigned: proof of a rewritten history."""
+        await self.access.authenticate(request.headers.get("Authorization"), "national", "auditor")
+        return json_response({"evidence": await self.store.log_read(sqlite_log.evidence)})
 
     async def get_jwks(self, request: web.Request) -> web.Response:
         self.keystore.reload()  # a rotation or revocation made with `mrx keys` while the node runs

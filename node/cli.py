@@ -57,7 +57,7 @@ def init_node(directory: Path, node_id: str, office: str, port: int) -> NodeConf
         raise CommandError(f"{directory / CONFIG_NAME} exists: a node is already initialised there")
     config_path = write_new_config(directory, node_id, office, port)
     config = load_config(config_path)
-    KeyStore.create(config.keys_path)
+    KeyStore.create(config.keys_path).note_key()  # the audit log's key too: partners need it before the first start
     config.data_path.mkdir(parents=True, exist_ok=True)
 
     async def create_database() -> None:
@@ -175,6 +175,9 @@ def cmd_log(args: argparse.Namespace) -> int:
     """``mrx log checkpoint`` and ``mrx log export``: on a running node's data or a stopped one's."""
     config = _load(args)
     signer = NoteSigner(config.log_origin, KeyStore.open(config.keys_path).note_key())
+    if args.log_command == "key":
+        print(signer.verifier)
+        return 0
     out = Path(args.out) if args.log_command == "export" else None
     if out is not None and out.exists() and any(out.iterdir()):
         raise CommandError(f"{out} is not empty; export into a new or empty directory")
@@ -301,8 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--message", action="append", metavar="MESSAGE_ID", help="only this record; repeatable")
     outbox.set_defaults(func=cmd_outbox)
 
-    audit = sub.add_parser("log", help="the audit log: checkpoint, export (docs/audit.md)")
+    audit = sub.add_parser("log", help="the audit log: key, checkpoint, export (docs/audit.md)")
     audit_sub = audit.add_subparsers(dest="log_command", required=True, metavar="ACTION")
+    with_config(audit_sub.add_parser("key", help="print the log's note verifier key, for partners' log_key and auditors"))
     with_config(audit_sub.add_parser("checkpoint", help="print the latest signed checkpoint (signing one if the log grew)"))
     p = with_config(audit_sub.add_parser("export", help="write the log in C2SP tlog-tiles layout"))
     p.add_argument("--out", required=True, metavar="DIR", help="a new or empty directory")

@@ -14,8 +14,9 @@ import tomllib
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mrx.keys.notes import ED25519, NoteError, VerifierKey
 from mrx.schemas.codes import ControlResultCode, ControlType
 
 CONFIG_NAME = "mrx.toml"
@@ -68,10 +69,30 @@ class Partner(BaseModel):
     # The customs offices (UN/LOCODE) this partner's node serves: routing sends it
     # the records of consignments whose itinerary passes one of them.
     offices: Annotated[list[Locode], Field(min_length=1)]
+    # The partner's audit-log note verifier key (name+keyid+base64), taken out of
+    # band like the anchors (``mrx log key`` prints a node's). With it, the two
+    # nodes witness each other's logs (docs/audit.md); without it, they do not.
+    log_key: str | None = None
+
+    @field_validator("log_key")
+    @classmethod
+    def _log_key(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                key = VerifierKey.parse(value)
+            except NoteError as exc:
+                raise ValueError(f"not a note verifier key: {exc}") from None
+            if key.kind != ED25519:
+                raise ValueError("a log key is a plain Ed25519 note key (type 0x01)")
+        return value
 
     @property
     def base_url(self) -> str:
         return self.url.rstrip("/")
+
+    @property
+    def log_verifier(self) -> VerifierKey | None:
+        return None if self.log_key is None else VerifierKey.parse(self.log_key)
 
 
 class Exchange(BaseModel):
@@ -266,6 +287,7 @@ checkpoint_seconds = 60    # sign a checkpoint this often when the log has grown
 # url = "https://mrx.dostyk.example"
 # anchors = ["<RFC 7638 thumbprint of the partner's key, confirmed out of band>"]
 # offices = ["KZDOS"]
+# log_key = "<the partner's audit-log key, name+keyid+base64 (mrx log key): the nodes witness each other>"
 #
 # Mutual-recognition agreements, one per partner (docs/recognition.md):
 # [[agreements]]

@@ -6,7 +6,7 @@
 | ``sweep``      | ``exchange.sweep_seconds``     | wake senders whose backoff passed; outbox gauges  |
 | ``catch-up``   | ``exchange.pull_seconds``      | pull what partners hold for this node             |
 | ``prune``      | hourly                         | delivered outbox rows past retention, replay cache, old itineraries |
-| ``checkpoint`` | ``log.checkpoint_seconds``     | sign an audit-log checkpoint if the log grew (also at start) |
+| ``checkpoint`` | ``log.checkpoint_seconds``     | sign an audit-log checkpoint if the log grew, ask witnesses to cosign it (also at start) |
 
 ``keys`` and ``catch-up`` also run once at start, in that order (keys first,
 so that pulled records verify). Each run is counted in

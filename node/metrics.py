@@ -98,6 +98,18 @@ class NodeMetrics:
         self.log_checkpoint_size = Gauge(
             "mrx_log_checkpoint_size", "Leaves in the audit log's latest signed checkpoint", registry=r
         )
+        self.witness_requests = Counter(
+            "mrx_witness_requests", "add-checkpoint requests this node answered as a witness, by log and outcome",
+            ["origin", "outcome"], registry=r,
+        )
+        self.witness_evidence = Counter(
+            "mrx_witness_evidence", "Checkpoints a partner log signed that contradict one this node cosigned",
+            ["origin"], registry=r,
+        )
+        self.cosignatures = Counter(
+            "mrx_log_cosignatures", "Requests to witnesses to cosign this node's checkpoints, by outcome",
+            ["witness", "outcome"], registry=r,
+        )
         self.job_runs = Counter("mrx_job_runs", "Background job runs, by outcome", ["job", "outcome"], registry=r)
         self.job_last_success = Gauge(
             "mrx_job_last_success_timestamp_seconds", "When each background job last succeeded", ["job"], registry=r

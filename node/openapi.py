@@ -752,6 +752,27 @@ def document() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/log/witness/add-checkpoint": {
+            "post": {
+                "summary": "C2SP tlog-witness add-checkpoint: cosign a partner log's checkpoint if consistent",
+                "requestBody": {"required": True, "content": {"text/plain": {"schema": {"type": "string"}}}},
+                "responses": {
+                    "200": {"description": "Cosignature lines", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    "409": {
+                        "description": "The witness holds another size; the body is that size",
+                        "content": {"text/x.tlog.size": {"schema": {"type": "string"}}},
+                    },
+                    **_problems(400, 403, 404, 413, 415, 422),
+                },
+            }
+        },
+        "/v1/log/witness/evidence": {
+            "get": {
+                "summary": "Checkpoints partner logs signed that contradict ones this node cosigned",
+                "security": _BEARER,
+                "responses": {"200": _json({"type": "object"}, "The evidence, oldest first"), **_problems(401, 403)},
+            }
+        },
         "/.well-known/mrx-key-statements": {
             "get": {
                 "summary": "The chain of signed key-set statements (compact JWS, oldest first) for partners",

@@ -82,6 +82,11 @@ CATALOGUE: dict[str, ProblemKind] = {
     "exchange-not-addressed": ProblemKind(403, "Record is not addressed to this node"),
     "exchange-message-id-conflict": ProblemKind(409, "Message ID already used for a different message"),
     # Server side
+    "witness-request-malformed": ProblemKind(400, "Witness request is malformed"),
+    "witness-unknown-log": ProblemKind(404, "This node does not witness that log"),
+    "witness-signature-invalid": ProblemKind(403, "Checkpoint is not signed by the log's key"),
+    "witness-proof-invalid": ProblemKind(422, "Checkpoint is not consistent with the one cosigned before"),
+
     "unavailable": ProblemKind(503, "Node is not ready"),
     "internal-error": ProblemKind(500, "Internal error"),
 }

@@ -31,7 +31,7 @@ from aiohttp import web
 
 from mrx.keys.jws import SigningKey
 from mrx.keys.keyring import KeyStore
-from mrx.keys.notes import NoteSigner
+from mrx.keys.notes import COSIGNATURE_V1, NoteSigner
 
 from .access import Access
 from .api import API_VERSION, NodeApi, problem_middleware
@@ -49,6 +49,7 @@ from .sending import Deliveries, Puller, Sender
 from .signing import InlineSigning, Signing, SigningPool
 from .storage.sqlite import SqliteStore
 from .unsealing import Unsealing
+from .witness import Cosigning, Witness
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +146,19 @@ class Node:
             jobs.add("catch-up", puller.pull_all, settings.pull_seconds)
             jobs.add("sweep", sweep, settings.sweep_seconds, at_start=True)
         jobs.add("prune", prune, 3600)
-        audit = AuditLog(
-            store, NoteSigner(config.log_origin, self.keystore.note_key()), self.metrics.log_checkpoint_size.set
+        note_key = self.keystore.note_key()
+        audit = AuditLog(store, NoteSigner(config.log_origin, note_key), self.metrics.log_checkpoint_size.set)
+        witness = Witness(
+            store, NoteSigner(config.log_origin, note_key, COSIGNATURE_V1),
+            [p.log_verifier for p in config.partners if p.log_verifier is not None], self.metrics,
         )
-        jobs.add("checkpoint", audit.checkpoint, config.log.checkpoint_seconds, at_start=True)
+        cosigning = Cosigning(store, audit, config.partners, session, self.metrics)
+
+        async def checkpoint() -> None:
+            await audit.checkpoint()
+            await cosigning.collect()
+
+        jobs.add("checkpoint", checkpoint, config.log.checkpoint_seconds, at_start=True)
 
         recognition = Recognition(
             node_id=config.node_id, office=config.office, store=store, signing=signing, router=router,
@@ -174,6 +184,7 @@ class Node:
             recognition=recognition,
             unsealing=Unsealing(config.node_id, config.office, store, signing, router, recognition, self.metrics),
             audit=audit,
+            witness=witness,
         )
         app = web.Application(middlewares=[problem_middleware(self.metrics)], client_max_size=config.limits.max_body_bytes)
         app.add_routes(api.routes())

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mrx.keys.keyring import KeyStore
+from mrx.keys.notes import NoteSigner
 from tests.nodeproc import NodeDir, make_node
 
 # Quick retries for tests: the defaults (60 s cap) are for real networks.
@@ -53,17 +54,24 @@ class Member:
     def anchor(self) -> str:
         return KeyStore.open(self.node.config.keys_path).signing_key.kid
 
+    @property
+    def log_key(self) -> str:
+        """The node's audit-log verifier key, as its operator would hand it over (``mrx log key``)."""
+        key = KeyStore.open(self.node.config.keys_path).note_key()
+        return str(NoteSigner(self.node.config.log_origin, key).verifier)
+
 
 def make_corridor(
     base: Path, specs: list[tuple[str, str]], *, exchange: dict[str, Any] | None = None,
-    gateways: dict[str, tuple[str, ...]] | None = None,
+    gateways: dict[str, tuple[str, ...]] | None = None, witnessing: dict[str, Any] | None = None,
 ) -> list[Member]:
+    """Nodes that are each other's partners; with ``witnessing`` ([log] settings), also each other's witnesses."""
     members = []
     for node_id, office in specs:
         node = make_node(base / node_id, node_id, office, gateways=gateways)
         members.append(Member(node, node_id, office, free_port()))
     for member in members:
-        write_partners(member, [m for m in members if m is not member], exchange=exchange)
+        write_partners(member, [m for m in members if m is not member], exchange=exchange, log=witnessing)
     return members
 
 
@@ -82,9 +90,11 @@ class PartnerSpec(Protocol):
 
 def write_partners(
     member: Member, partners: Sequence[PartnerSpec], *, urls: dict[str, str] | None = None,
-    exchange: dict[str, Any] | None = None,
+    exchange: dict[str, Any] | None = None, log: dict[str, Any] | None = None,
 ) -> None:
-    """Rewrite the node's mrx.toml: its port, [exchange] settings and [[partners]]."""
+    """Rewrite the node's mrx.toml: its port, [exchange] settings and [[partners]].
+
+    With ``log`` ([log] settings), each partner's ``log_key`` too: the nodes witness each other."""
     path = member.node.config_path
     text = path.read_text()
     text = text.split("\n# Partner nodes", 1)[0].split("\n[[partners]]", 1)[0]
@@ -95,11 +105,15 @@ def write_partners(
         lines.append(line)
         if line == "[exchange]":
             lines.extend(f"{k} = {_toml(v)}" for k, v in {**TEST_EXCHANGE, **(exchange or {})}.items())
+        if line == "[log]" and log:
+            lines.extend(f"{k} = {_toml(v)}" for k, v in log.items())
     lines = _drop_repeated_keys(lines)
     for p in partners:
         url = (urls or {}).get(p.node_id, p.url)
         lines += ["", "[[partners]]", f'node_id = "{p.node_id}"', f'url = "{url}"', f'anchors = ["{p.anchor}"]',
                   f'offices = ["{p.office}"]']
+        if log is not None:
+            lines.append(f'log_key = "{p.log_key}"')
     path.write_text("\n".join(lines) + "\n")
 
 

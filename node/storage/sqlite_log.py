@@ -21,9 +21,13 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from typing import Any
 from dataclasses import dataclass
 
 from ..merkle import Frontier, leaf_hash
+
+
+APPEND_CHUNK = 2000  # records read, hashed and logged at a time
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,22 +67,25 @@ def append(db: sqlite3.Connection, state: LogState | None) -> LogState:
     """Log the records inserted since ``state``, inside the caller's transaction; the state after."""
     if state is None or log_size(db) != state.frontier.size:
         state = load_state(db)
-    rows = db.execute("SELECT seq, jws FROM records WHERE seq > ? ORDER BY seq", (state.last_seq,)).fetchall()
-    if not rows:
-        return state
-    hashes = [leaf_hash(jws) for _, jws in rows]
-    first = state.frontier.size
-    frontier, completed = state.frontier.append(hashes)
-    db.executemany(
-        "INSERT INTO log_leaves (leaf_index, record_seq, leaf_hash) VALUES (?,?,?)",
-        [(first + i, seq, h) for i, ((seq, _), h) in enumerate(zip(rows, hashes, strict=True))],
-    )
-    if completed:
+    while True:  # in chunks: the first open after an upgrade logs every record stored before
+        rows = db.execute(
+            "SELECT seq, jws FROM records WHERE seq > ? ORDER BY seq LIMIT ?", (state.last_seq, APPEND_CHUNK)
+        ).fetchall()
+        if not rows:
+            return state
+        hashes = [leaf_hash(jws) for _, jws in rows]
+        first = state.frontier.size
+        frontier, completed = state.frontier.append(hashes)
         db.executemany(
-            "INSERT INTO log_tile_hashes (level, idx, hash) VALUES (?,?,?)",
-            [(t.level, t.index, t.hash) for t in completed],
+            "INSERT INTO log_leaves (leaf_index, record_seq, leaf_hash) VALUES (?,?,?)",
+            [(first + i, seq, h) for i, ((seq, _), h) in enumerate(zip(rows, hashes, strict=True))],
         )
-    return LogState(frontier, rows[-1][0])
+        if completed:
+            db.executemany(
+                "INSERT INTO log_tile_hashes (level, idx, hash) VALUES (?,?,?)",
+                [(t.level, t.index, t.hash) for t in completed],
+            )
+        state = LogState(frontier, rows[-1][0])
 
 
 def entries(db: sqlite3.Connection, start: int, count: int) -> list[bytes]:
@@ -117,3 +124,63 @@ def put_checkpoint(db: sqlite3.Connection, size: int, root: bytes, note: str, si
         (size, root, note, signed_at),
     )
     return cursor.rowcount == 1
+
+
+# -- witnessing (mrx.node.witness) -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Witnessed:
+    """The latest checkpoint this node cosigned for a partner's log."""
+
+    origin: str
+    size: int
+    root: bytes
+    note: str
+
+
+def witnessed(db: sqlite3.Connection, origin: str) -> Witnessed | None:
+    row = db.execute("SELECT size, root, note FROM witnessed WHERE origin = ?", (origin,)).fetchone()
+    return None if row is None else Witnessed(origin, row[0], bytes(row[1]), row[2])
+
+
+def put_witnessed(db: sqlite3.Connection, checkpoint: Any, note: str, at: str) -> None:
+    db.execute(
+        "INSERT INTO witnessed (origin, size, root, note, updated_at) VALUES (?,?,?,?,?)"
+        " ON CONFLICT (origin) DO UPDATE SET size = excluded.size, root = excluded.root, note = excluded.note,"
+        " updated_at = excluded.updated_at",
+        (checkpoint.origin, checkpoint.size, checkpoint.root, note, at),
+    )
+
+
+def put_evidence(db: sqlite3.Connection, origin: str, reason: str, held: Witnessed, request: str, at: str) -> None:
+    db.execute(
+        "INSERT INTO witness_evidence (origin, reason, held_size, held_note, request, received_at)"
+        " VALUES (?,?,?,?,?,?)",
+        (origin, reason, held.size, held.note, request, at),
+    )
+
+
+def evidence(db: sqlite3.Connection) -> list[dict[str, Any]]:
+    rows = db.execute(
+        "SELECT id, origin, reason, held_size, held_note, request, received_at FROM witness_evidence ORDER BY id"
+    ).fetchall()
+    keys = ("id", "origin", "reason", "held_size", "held_note", "request", "received_at")
+    return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+def cosigned_size(db: sqlite3.Connection, witness: str) -> int:
+    row = db.execute("SELECT size FROM log_cosigners WHERE witness = ?", (witness,)).fetchone()
+    return 0 if row is None else row[0]
+
+
+def add_cosignature(db: sqlite3.Connection, size: int, witness: str, line: str, at: str) -> None:
+    """Append a witness's cosignature line to the stored checkpoint of ``size``; note what it cosigned."""
+    (note,) = db.execute("SELECT note FROM log_checkpoints WHERE size = ?", (size,)).fetchone()
+    if line not in note:
+        db.execute("UPDATE log_checkpoints SET note = ? WHERE size = ?", (note + line, size))
+    db.execute(
+        "INSERT INTO log_cosigners (witness, size, cosigned_at) VALUES (?,?,?)"
+        " ON CONFLICT (witness) DO UPDATE SET size = MAX(size, excluded.size), cosigned_at = excluded.cosigned_at",
+        (witness, size, at),
+    )

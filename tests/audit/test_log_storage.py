@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -65,3 +66,19 @@ def test_max_xml_bytes_is_capped_so_that_a_record_fits_a_log_entry(tmp_path: Pat
     config.write_text('node_id = "CN-AKL"\noffice = "CNAKL"\n[limits]\nmax_xml_bytes = 262144\n')
     with pytest.raises(ConfigError, match="max_xml_bytes"):
         load_config(config)
+
+
+async def test_records_stored_before_the_log_existed_are_logged_at_the_next_open(tmp_path: Path) -> None:
+    """An upgraded node: its records predate the log; opening the store logs them all, in order, in chunks."""
+    key = SigningKey.generate()
+    records = _records(RecordSigner("CN-AKL", lambda: key), 1, 4500)  # more than two chunks
+    path = tmp_path / "mrx.sqlite3"
+    store = await SqliteStore.open(path)
+    await store.close()
+    with sqlite3.connect(path) as db:  # past the store, as an older version stored them: no leaves
+        insert_records(db, records, "2026-11-22T00:00:00Z", deliver=False)
+    store = await SqliteStore.open(path)
+    size, root = await _head(store)
+    await store.close()
+    expected, _ = merkle.Frontier().append(merkle.leaf_hash(r.jws) for r in records)
+    assert (size, root) == (4500, expected.root())

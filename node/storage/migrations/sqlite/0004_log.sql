@@ -25,3 +25,32 @@ CREATE TABLE log_checkpoints (
     note          TEXT    NOT NULL,
     signed_at     TEXT    NOT NULL
 );
+
+-- Witnesses this node asked to cosign its checkpoints: the largest size each
+-- has cosigned (the old size of the next add-checkpoint request).
+CREATE TABLE log_cosigners (
+    witness       TEXT    PRIMARY KEY,            -- the witness key's name
+    size          INTEGER NOT NULL,
+    cosigned_at   TEXT    NOT NULL
+);
+
+-- As a witness: the latest checkpoint this node cosigned for each partner log.
+CREATE TABLE witnessed (
+    origin        TEXT    PRIMARY KEY,
+    size          INTEGER NOT NULL,
+    root          BLOB    NOT NULL,
+    note          TEXT    NOT NULL,
+    updated_at    TEXT    NOT NULL
+);
+
+-- Checkpoints a partner log signed but this node refused to cosign because
+-- they contradict one it cosigned before: the evidence of a rewritten history.
+CREATE TABLE witness_evidence (
+    id            INTEGER PRIMARY KEY,
+    origin        TEXT    NOT NULL,
+    reason        TEXT    NOT NULL,
+    held_size     INTEGER NOT NULL,
+    held_note     TEXT    NOT NULL,
+    request       TEXT    NOT NULL,               -- the add-checkpoint body, as received
+    received_at   TEXT    NOT NULL
+);
