@@ -33,7 +33,7 @@ from mrx.schemas.xml import XmlError
 
 from . import openapi
 from .access import Access
-from .auditlog import AuditLog
+from .auditlog import AuditLog, key_statements
 from .body import parse_json, read_body
 from .config import NodeConfig
 from .access import Caller
@@ -51,7 +51,7 @@ from .inputs import (
 )
 from .readmodel import alarm_json, consignment_view, container_view, decision_json, iso, ref_json
 from .unsealing import Unsealing, state_of
-from .witness import MAX_REQUEST_BYTES, SIZE_MEDIA_TYPE, Conflict, Witness
+from .witness import MAX_REQUEST_BYTES, SIZE_MEDIA_TYPE, Conflict, Witness, witness_key
 from .partners import Partners
 from .receiving import MessageResult, Receiver
 from .routing import Router
@@ -59,7 +59,9 @@ from .sending import Deliveries
 from .metrics import NodeMetrics
 from .problems import PROBLEM_MEDIA_TYPE, Problem
 from .records import RecordError, own_keys, verify_record
-from .storage import sqlite_log
+from .storage import sqlite_audit, sqlite_log
+from .storage.sqlite_audit import AuditQuery
+from .storage.sqlite_rows import ts
 from .storage import Delivery, InvalidCursor, Itinerary, OutboxItem, Store, Targeting, TimelineEntry, TimelineKey
 
 log = logging.getLogger(__name__)
@@ -167,6 +169,8 @@ class NodeApi:
             web.get("/v1/log/proofs/{message_id}", self.get_log_proof),
             web.get("/v1/log/consistency", self.get_log_consistency),
             web.post("/v1/log/witness/add-checkpoint", self.post_add_checkpoint),
+            web.get("/v1/audit/records", self.get_audit_records),
+            web.get("/v1/audit/evidence", self.get_audit_evidence),
             web.get("/v1/log/witness/evidence", self.get_witness_evidence),
             web.get("/.well-known/jwks.json", self.get_jwks),
             web.get("/.well-known/mrx-key-statements", self.get_key_statements),
@@ -588,6 +592,86 @@ class NodeApi:
             )
         proof = await self.audit.consistency(old, new)
         return json_response({"from": old, "to": new, "proof": [base64.b64encode(h).decode() for h in proof]})
+
+    def _audit_query(self, request: web.Request, limit: int) -> AuditQuery:
+        q = request.query
+        unknown = set(q) - {"message_id", "container", "seal", "consignment", "office", "since", "until", "after",
+                            "limit", "record", "since_size"}
+        if unknown:
+            raise Problem("invalid-parameter", f"unknown query parameter(s): {', '.join(sorted(unknown))}")
+        consignment = None
+        if "consignment" in q:
+            ref_type, _, ref_id = q["consignment"].partition(":")
+            if not ref_type or not ref_id:
+                raise Problem("invalid-parameter", "write consignment=TYPE:ID, e.g. consignment=MRN:26CN000000000012A1")
+            consignment = (ref_type, ref_id)
+        times = {}
+        for name in ("since", "until"):
+            if name in q:
+                try:
+                    when = datetime.fromisoformat(q[name])
+                except ValueError:
+                    when = None
+                if when is None or when.tzinfo is None:
+                    raise Problem("invalid-parameter", f"{name} is an ISO 8601 time with its offset, "
+                                                       f"e.g. 2026-11-22T04:00:00Z, not {q[name][:40]!r}")
+                times[name] = ts(when)
+        numbers = {}
+        for name, default, pattern in (("after", -1, r"-1|[0-9]{1,18}"), ("limit", limit, r"[1-9][0-9]{0,17}")):
+            text = q.get(name, str(default))
+            if not re.fullmatch(pattern, text):
+                least = -1 if name == "after" else 1
+                raise Problem("invalid-parameter", f"{name} is a whole number from {least}, not {text[:30]!r}")
+            numbers[name] = int(text)
+        message_id = q.get("message_id", q.get("record"))
+        if message_id is not None:
+            try:
+                message_id = str(UUID(message_id))
+            except ValueError:
+                raise Problem("invalid-parameter", f"{message_id[:64]!r} is not a message ID (a UUID)") from None
+        return AuditQuery(message_id=message_id, container=q.get("container"), seal=q.get("seal"),
+                          consignment=consignment, office=q.get("office"), since=times.get("since"),
+                          until=times.get("until"), after_leaf=numbers["after"],
+                          limit=min(numbers["limit"], 1000))
+
+    async def get_audit_records(self, request: web.Request) -> web.Response:
+        """Search the log by what records speak of: container, seal, consignment, message ID, office, time."""
+        await self.access.authenticate(request.headers.get("Authorization"), "national", "auditor")
+        query = self._audit_query(request, self.config.limits.page_size)
+        found = await self.store.log_read(lambda db: sqlite_audit.search(db, query))
+        body: dict[str, Any] = {
+            "records": [
+                {"leaf_index": f.leaf_index, "message_id": f.message_id, "message_type": f.message_type,
+                 "sender": f.sender, "prepared_at": f.prepared_at, "record": f"/v1/records/{f.message_id}",
+                 "proof": f"/v1/log/proofs/{f.message_id}"}
+                for f in found
+            ]
+        }
+        if len(found) == query.limit:
+            body["next"] = f"{request.path}?{urlencode({**request.query, 'after': found[-1].leaf_index})}"
+        return json_response(body)
+
+    async def get_audit_evidence(self, request: web.Request) -> web.Response:
+        """An evidence bundle (docs/audit.md) for ?record=ID or ?container=NUMBER; ?since_size=N adds consistency."""
+        await self.access.authenticate(request.headers.get("Authorization"), "national", "auditor")
+        if ("record" in request.query) == ("container" in request.query):
+            raise Problem("invalid-parameter", "ask for one of ?record=MESSAGE_ID or ?container=NUMBER")
+        query = self._audit_query(request, 1)
+        since_text = request.query.get("since_size")
+        if since_text is not None and not re.fullmatch(r"[0-9]{1,18}", since_text):
+            raise Problem("invalid-parameter", f"since_size is a tree size, not {since_text[:30]!r}")
+        self.keystore.reload()
+        chains = await key_statements(self.store, (self.config.node_id, self.keystore.statements()),
+                                      [p.node_id for p in self.config.partners])
+        witnesses = [witness_key(p.log_verifier) for p in self.config.partners if p.log_verifier is not None]
+        try:
+            bundle = await self.audit.evidence(self.config.node_id, query, chains, witnesses,
+                                               int(since_text) if since_text else None)
+        except ValueError as exc:
+            raise Problem("invalid-parameter", str(exc)) from None
+        if bundle is None:
+            raise Problem("not-found", "this node's log holds no record for that")
+        return json_response(bundle, headers={"Content-Disposition": 'attachment; filename="evidence.json"'})
 
     async def post_add_checkpoint(self, request: web.Request) -> web.Response:
         """C2SP tlog-witness: a partner's log asks this node to cosign its checkpoint (mrx.node.witness)."""

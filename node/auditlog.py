@@ -37,7 +37,7 @@ from __future__ import annotations
 import base64
 import sqlite3
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -45,12 +45,14 @@ from typing import Any
 from mrx.keys import notes
 from mrx.keys.notes import Checkpoint, NoteSigner, VerifierKey
 
-from . import merkle
+from . import evidence, merkle
 from .merkle import TILE_WIDTH, ProofError
-from .storage import sqlite_log
+from .storage import sqlite_audit, sqlite_log
+from .storage.sqlite_audit import AuditQuery
 from .storage.sqlite_log import SqliteHashSource
 
 PROOF_HEADER = "c2sp.org/tlog-proof@v1"
+MAX_BUNDLE_RECORDS = 100_000
 Progress = Callable[[int, int], None]  # (done, total)
 
 
@@ -156,6 +158,34 @@ class AuditLog:
 
     async def consistency(self, old_size: int, new_size: int) -> list[bytes]:
         return await self._store.log_read(lambda db: consistency(db, old_size, new_size))
+
+    async def evidence(
+        self, node_id: str, query: AuditQuery, key_statements: dict[str, list[bytes]],
+        witness_keys: list[VerifierKey], since_size: int | None = None,
+    ) -> dict[str, Any] | None:
+        """An evidence bundle (`mrx.node.evidence`) of the records ``query`` finds, or None if it finds none."""
+        size, note = await self.checkpoint()
+        if since_size is not None and since_size > size:
+            raise ValueError(f"the checkpoint you hold ({since_size} records) is larger than this log ({size})")
+
+        def build(db: sqlite3.Connection) -> dict[str, Any] | None:
+            found = sqlite_audit.search(db, replace(query, limit=MAX_BUNDLE_RECORDS))
+            if not found:
+                return None
+            return evidence.build(
+                db, node_id=node_id, log_key=self.verifier, witness_keys=witness_keys, checkpoint=(size, note),
+                key_statements=key_statements, message_ids=[f.message_id for f in found], since_size=since_size,
+            )
+
+        return await self._store.log_read(build)
+
+
+async def key_statements(store: Any, own: tuple[str, list[bytes]], partners: list[str]) -> dict[str, list[bytes]]:
+    """Every signer's chain of key-set statements this node holds: its own, and each partner's it follows."""
+    chains = {own[0]: own[1]}
+    for partner in partners:
+        chains[partner] = await store.key_statements(partner)
+    return chains
 
 
 # -- the tiles export -------------------------------------------------------------

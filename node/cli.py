@@ -21,9 +21,12 @@ from pathlib import Path
 from uuid import UUID
 
 from mrx.keys.keyring import KeyStore, KeyStoreError
-from mrx.keys.notes import NoteError, NoteSigner, VerifierKey
+from mrx.keys import notes
+from mrx.keys.notes import Checkpoint, NoteError, NoteSigner, VerifierKey
 
-from . import auditlog
+from . import auditlog, evidence
+from .storage.sqlite_audit import AuditQuery
+from .witness import witness_key
 
 from .access import new_credential
 from .config import CONFIG_NAME, DEFAULT_PORT, ConfigError, NodeConfig, load_config, write_new_config
@@ -201,18 +204,83 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """``mrx verify --log DIR``: re-prove a tiles export offline against the log's verifier key."""
+    """``mrx verify BUNDLE`` or ``mrx verify --log DIR``: offline, each check's verdict, non-zero on any failure."""
+    if (args.bundle is None) == (args.log is None):
+        raise CommandError("give an evidence bundle (mrx verify BUNDLE) or a tiles export (mrx verify --log DIR)")
     try:
-        key = VerifierKey.parse(args.log_key)
+        log_key = VerifierKey.parse(args.log_key) if args.log_key else None
+        witnesses = [VerifierKey.parse(k) for k in args.witness_key] if args.witness_key is not None else None
     except NoteError as exc:
-        raise CommandError(f"--log-key: {exc}") from None
+        raise CommandError(f"--log-key / --witness-key: {exc}") from None
+    if args.log is not None:
+        if log_key is None:
+            raise CommandError("--log needs --log-key: the log's verifier key, taken from its operator")
+        try:
+            checkpoint = auditlog.reprove_tiles(Path(args.log), log_key, _progress("tiles"))
+        except (NoteError, auditlog.ProofError, LookupError) as exc:
+            print(f"FAIL  log {args.log}: {exc}")
+            return 1
+        print(f"ok    checkpoint signature: {checkpoint.origin}, {checkpoint.size} records, by {log_key.name}")
+        print("ok    every entry hashes to its tile, every tile to the one above, the tiles to the checkpoint's root")
+        return 0
+    anchors: dict[str, list[str]] = {}
+    for item in args.anchor or []:
+        owner, _, thumbprint = item.partition("=")
+        if not owner or not thumbprint:
+            raise CommandError(f"--anchor {item!r}: write OWNER=THUMBPRINT, e.g. CN-AKL=Nz1u...")
+        anchors.setdefault(owner, []).append(thumbprint)
     try:
-        checkpoint = auditlog.reprove_tiles(Path(args.log), key, _progress("tiles"))
-    except (NoteError, auditlog.ProofError, LookupError) as exc:
-        print(f"FAIL  log {args.log}: {exc}")
-        return 1
-    print(f"ok    checkpoint signature: {checkpoint.origin}, {checkpoint.size} records, by {key.name}")
-    print("ok    every entry hashes to its tile, every tile to the one above, the tiles to the checkpoint's root")
+        bundle = json.loads(Path(args.bundle).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"cannot read the bundle {args.bundle}: {exc}") from None
+    try:
+        held = Path(args.since).read_text() if args.since else None
+    except OSError as exc:
+        raise CommandError(f"cannot read --since {args.since}: {exc.strerror}") from None
+    verdicts = evidence.verify(bundle, log_key=log_key, witness_keys=witnesses, anchors=anchors, held=held,
+                               progress=_progress("records"))
+    for v in verdicts:
+        if not v.ok or not args.failures_only:
+            print(f"{'ok  ' if v.ok else 'FAIL'}  {v.subject}: {v.check}: {v.detail}")
+    failed = sum(1 for v in verdicts if not v.ok)
+    records = len({v.subject for v in verdicts if v.check == "inclusion"})
+    print(f"{records} records, {len(verdicts)} checks, {failed} failed")
+    return 1 if failed else 0
+
+
+def cmd_evidence(args: argparse.Namespace) -> int:
+    """``mrx evidence``: an evidence bundle for a record or a container, from a running or stopped node."""
+    config = _load(args)
+    keys = KeyStore.open(config.keys_path)
+    signer = NoteSigner(config.log_origin, keys.note_key())
+    query = AuditQuery(message_id=args.record, container=args.container)
+    since = None
+    if args.since:
+        try:
+            since = Checkpoint.from_text(notes.parse(Path(args.since).read_text()).text).size
+        except (OSError, NoteError) as exc:
+            raise CommandError(f"--since {args.since}: {exc}") from None
+
+    async def run() -> dict | None:
+        store = await SqliteStore.open(config.database_path)
+        try:
+            chains = await auditlog.key_statements(
+                store, (config.node_id, keys.statements()), [p.node_id for p in config.partners]
+            )
+            witnesses = [witness_key(p.log_verifier) for p in config.partners if p.log_verifier is not None]
+            return await auditlog.AuditLog(store, signer).evidence(config.node_id, query, chains, witnesses, since)
+        finally:
+            await store.close()
+
+    try:
+        bundle = asyncio.run(run())
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    if bundle is None:
+        raise CommandError(f"this node's log holds no record for {args.record or args.container}")
+    Path(args.out).write_text(json.dumps(bundle, indent=1) + "\n")
+    print(f"wrote {len(bundle['records'])} records to {args.out}; check it with: mrx verify {args.out} "
+          f"--log-key '{signer.verifier}'", file=sys.stderr)
     return 0
 
 
@@ -312,10 +380,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="a new or empty directory")
     audit.set_defaults(func=cmd_log)
 
-    p = sub.add_parser("verify", help="verify offline what a node exported (docs/audit.md)")
-    p.add_argument("--log", required=True, metavar="DIR", help="a tiles export (mrx log export)")
-    p.add_argument("--log-key", required=True, metavar="VKEY",
-                   help="the log's note verifier key (name+id+key), as the node's /.well-known/mrx publishes it")
+    p = with_config(sub.add_parser("evidence", help="write an evidence bundle for a record or a container"))
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--record", metavar="MESSAGE_ID", help="one record (with the receipts that answer it)")
+    which.add_argument("--container", metavar="NUMBER", help="every record that speaks of this container")
+    p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--since", metavar="CHECKPOINT", help="a checkpoint the auditor holds: add a consistency proof")
+    p.set_defaults(func=cmd_evidence)
+
+    p = sub.add_parser("verify", help="verify offline an evidence bundle or a tiles export (docs/audit.md)")
+    p.add_argument("bundle", nargs="?", metavar="BUNDLE", help="an evidence bundle (mrx evidence)")
+    p.add_argument("--log", metavar="DIR", help="a tiles export (mrx log export) instead")
+    p.add_argument("--log-key", metavar="VKEY",
+                   help="the log's note verifier key (name+id+key), taken from its operator; default: the bundle's")
+    p.add_argument("--witness-key", action="append", metavar="VKEY",
+                   help="a witness's cosigning key that must have cosigned; repeatable; default: the bundle's")
+    p.add_argument("--anchor", action="append", metavar="OWNER=THUMBPRINT",
+                   help="a signer's key anchor (RFC 7638 thumbprint); default: its first statement")
+    p.add_argument("--since", metavar="CHECKPOINT", help="a checkpoint you hold: the bundle's must extend it")
+    p.add_argument("--failures-only", action="store_true", help="print only the checks that failed")
     p.set_defaults(func=cmd_verify)
     return parser
 

@@ -766,6 +766,35 @@ def document() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/audit/records": {
+            "get": {
+                "summary": "Search the audit log by container, seal, consignment (TYPE:ID), message ID, office, time",
+                "security": _BEARER,
+                "parameters": [
+                    {"name": name, "in": "query", "required": False, "schema": schema}
+                    for name, schema in (
+                        ("message_id", {"type": "string", "format": "uuid"}), ("container", {"type": "string"}),
+                        ("seal", {"type": "string"}), ("consignment", {"type": "string"}),
+                        ("office", {"type": "string"}), ("since", {"type": "string", "format": "date-time"}),
+                        ("until", {"type": "string", "format": "date-time"}),
+                        ("after", {"type": "integer", "minimum": -1}), ("limit", {"type": "integer", "minimum": 1}),
+                    )
+                ],
+                "responses": {"200": _json({"type": "object"}, "Logged records in log order"), **_problems(400, 401, 403)},
+            }
+        },
+        "/v1/audit/evidence": {
+            "get": {
+                "summary": "An evidence bundle (mrx-evidence/1) for ?record=MESSAGE_ID or ?container=NUMBER",
+                "security": _BEARER,
+                "parameters": [
+                    {"name": "record", "in": "query", "required": False, "schema": {"type": "string", "format": "uuid"}},
+                    {"name": "container", "in": "query", "required": False, "schema": {"type": "string"}},
+                    {"name": "since_size", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0}},
+                ],
+                "responses": {"200": _json({"type": "object"}, "The bundle"), **_problems(400, 401, 403, 404)},
+            }
+        },
         "/v1/log/witness/evidence": {
             "get": {
                 "summary": "Checkpoints partner logs signed that contradict ones this node cosigned",

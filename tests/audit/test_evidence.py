@@ -1,0 +1,214 @@
+"""Evidence bundles and the auditor's search, end to end on two witnessing nodes; `mrx verify` names each fault."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from tlog_scales.tiles import leaf_hash as scales_leaf_hash
+from tlog_scales.tlog import Checkpoint as ScalesCheckpoint
+from tlog_scales.tlog import InclusionProof
+
+from mrx.keys import notes
+from mrx.keys.notes import Checkpoint
+from mrx.node.witness import witness_key
+from tests import factories
+from tests.corridor import Db, Member, call, make_corridor, wait_until
+from tests.nodeproc import NodeProcess
+
+pytestmark = pytest.mark.slow
+
+CONTAINER = factories.container(serial=777_001)
+OTHER = factories.container(serial=777_002)
+MRN = "26CN000000000012A1"
+
+
+def _mrx(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mrx.node.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def corridor(tmp_path_factory: pytest.TempPathFactory):
+    """CN-AKL sealed and tracked CONTAINER (and OTHER) and sent the records to KZ-DOS; each witnesses the other."""
+    base = tmp_path_factory.mktemp("evidence")
+    akl, dos = make_corridor(base, [("CN-AKL", "CNAKL"), ("KZ-DOS", "KZDOS")], witnessing={"checkpoint_seconds": 1})
+    with NodeProcess(akl.node), NodeProcess(dos.node):
+        national = akl.node.tokens["NCS"]
+        itinerary = {"consignment": {"type": "MRN", "id": MRN}, "offices": ["CNAKL", "KZDOS"],
+                     "containers": [CONTAINER]}
+        assert call(akl.url + "/v1/itineraries", national, itinerary)[0] == 200
+        events = [factories.seal_event(seq=1, type="sealed", lock="LK-EV-1", container=CONTAINER, seal="ES-EV-1")]
+        events += [factories.seal_event(seq=s, lock="LK-EV-1", container=CONTAINER, seal="ES-EV-1") for s in (2, 3, 4)]
+        events += [factories.seal_event(seq=s, lock="LK-EV-2", container=OTHER, seal="ES-EV-2") for s in (1, 2)]
+        status, body = call(akl.url + "/v1/seal-events", akl.node.tokens["GW-1"], {"events": events})
+        assert status == 200 and body["accepted"] == 6, body
+        wait_until(lambda: Db(akl).outbox_states() == {"delivered": 4}, 20, "the container's records delivered")
+        size = Db(akl).value("SELECT COUNT(*) FROM log_leaves")
+        dos_witness = str(witness_key(notes.VerifierKey.parse(dos.log_key)))
+
+        def cosigned() -> bool:
+            with urllib.request.urlopen(akl.url + "/v1/log/checkpoint") as resp:
+                note = notes.parse(resp.read())
+            witness = notes.VerifierKey.parse(dos_witness)
+            return Checkpoint.from_text(note.text).size >= size and witness in notes.verify(note, [witness])
+
+        wait_until(cosigned, 20, "CN-AKL's checkpoint cosigned by KZ-DOS")
+        audit = akl.node.tokens["AUDIT"]
+        searches = {
+            name: call(f"{akl.url}/v1/audit/records?{urllib.parse.urlencode(q)}", audit)
+            for name, q in {
+                "container": {"container": CONTAINER}, "seal": {"seal": "ES-EV-2"},
+                "consignment": {"consignment": f"MRN:{MRN}"}, "page": {"container": CONTAINER, "limit": 2},
+                "future": {"since": "2099-01-01T00:00:00Z"}, "naive": {"since": "2026-01-01T00:00:00"},
+            }.items()
+        }
+        status, over_http = call(f"{akl.url}/v1/audit/evidence?container={CONTAINER}", audit)
+        assert status == 200, over_http
+        out = base / "bundle.json"
+        done = _mrx("evidence", "--config", str(akl.node.config_path), "--container", CONTAINER, "--out", str(out))
+        assert done.returncode == 0, done.stderr
+    return {"akl": akl, "dos": dos, "bundle": json.loads(out.read_text()), "path": out, "http": over_http,
+            "searches": searches, "dos_witness": dos_witness}
+
+
+def _verify(path: Path, corridor: dict, *extra: str) -> subprocess.CompletedProcess[str]:
+    akl: Member = corridor["akl"]
+    dos: Member = corridor["dos"]
+    return _mrx("verify", str(path), "--log-key", akl.log_key, "--witness-key", corridor["dos_witness"],
+                "--anchor", f"CN-AKL={akl.anchor}", "--anchor", f"KZ-DOS={dos.anchor}", *extra)
+
+
+def test_the_bundle_holds_the_containers_records_and_the_partners_receipts(corridor: dict) -> None:
+    bundle = corridor["bundle"]
+    types = [_type(r["jws"]) for r in bundle["records"]]
+    assert types.count("SealEventNotification") == 4  # OTHER's events are not in it
+    assert types.count("Receipt") == 4  # KZ-DOS's receipt for each, as CN-AKL keeps it
+    assert set(bundle["key_statements"]) == {"CN-AKL", "KZ-DOS"}
+    assert corridor["http"]["records"] == bundle["records"]  # the API gives the same bundle
+
+
+def _type(jws: str) -> str:
+    header = json.loads(base64.urlsafe_b64decode(jws.split(".")[0] + "=="))
+    return header["typ"].removeprefix("vnd.mrx.").removesuffix("+xml")
+
+
+def test_mrx_verify_passes_every_check_of_an_honest_bundle(corridor: dict) -> None:
+    done = _verify(corridor["path"], corridor)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 failed" in done.stdout and "FAIL" not in done.stdout
+    for check in ("checkpoint: signature", "cosignature: cosigned", "KZ-DOS: keys", "integrity", "key valid",
+                  "inclusion"):
+        assert check in done.stdout
+
+
+def test_an_independent_verifier_accepts_the_bundles_proofs(corridor: dict) -> None:
+    bundle = corridor["bundle"]
+    checkpoint = ScalesCheckpoint.from_text(bundle["checkpoint"])
+    for record in bundle["records"]:
+        leaf = scales_leaf_hash(record["jws"].encode())
+        proof = [base64.b64decode(h) for h in record["inclusion"]]
+        InclusionProof(record["leaf_index"], checkpoint.size, proof).check(leaf, checkpoint.root_hash)
+
+
+def test_search_finds_by_container_seal_consignment_and_time(corridor: dict) -> None:
+    s = corridor["searches"]
+    container = [r["message_type"] for r in s["container"][1]["records"]]
+    assert container.count("SealEventNotification") == 4
+    assert [r["message_type"] for r in s["seal"][1]["records"]] == ["SealEventNotification"] * 2
+    assert len(s["consignment"][1]["records"]) == 1  # the sealing event names the consignment
+    page = s["page"][1]
+    assert len(page["records"]) == 2 and "after=" in page["next"]
+    assert s["future"][1]["records"] == []
+    assert s["naive"][0] == 400 and s["naive"][1]["code"] == "invalid-parameter"
+
+
+def _tampered(corridor: dict, tmp_path: Path, change) -> Path:
+    bundle = copy.deepcopy(corridor["bundle"])
+    change(bundle)
+    path = tmp_path / "tampered.json"
+    path.write_text(json.dumps(bundle))
+    return path
+
+
+def _flip_payload(bundle: dict) -> None:
+    header, payload, signature = bundle["records"][0]["jws"].split(".")
+    raw = bytearray(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    raw[raw.index(b"<")] = ord("(")
+    bundle["records"][0]["jws"] = ".".join([header, base64.urlsafe_b64encode(raw).decode().rstrip("="), signature])
+
+
+def _swap_leaves(bundle: dict) -> None:
+    a, b = bundle["records"][0], bundle["records"][1]
+    a["leaf_index"], b["leaf_index"] = b["leaf_index"], a["leaf_index"]
+
+
+def _drop_cosignature(bundle: dict) -> None:
+    note = notes.parse(bundle["checkpoint"])
+    bundle["checkpoint"] = note.text + "\n" + note.signatures[0].line
+
+
+@pytest.mark.parametrize(
+    "change,named",
+    [
+        (_flip_payload, "integrity: jws-bad-signature"),
+        (_swap_leaves, "inclusion: leaf"),
+        (lambda b: b["records"][0]["inclusion"].pop(), "inclusion: leaf"),
+        (lambda b: b.update(checkpoint=b["checkpoint"].replace("\n", "\n1", 1).replace("\n1", "\n", 1)
+                            .replace(b["checkpoint"].split("\n")[2], base64.b64encode(b"\1" * 32).decode())),
+         "checkpoint: signature"),
+        (_drop_cosignature, "cosignature: no valid cosignature"),
+        (lambda b: b["key_statements"].update({"KZ-DOS": b["key_statements"]["CN-AKL"]}), "KZ-DOS: keys"),
+        (lambda b: b.update(format="something else"), "bundle: format"),
+    ],
+    ids=["record-altered", "leaves-swapped", "proof-cut", "checkpoint-altered", "cosignature-removed",
+         "keys-swapped", "not-a-bundle"],
+)
+def test_mrx_verify_names_the_record_and_the_check_that_failed(corridor: dict, tmp_path: Path, change,
+                                                               named: str) -> None:
+    done = _verify(_tampered(corridor, tmp_path, change), corridor)
+    assert done.returncode == 1, done.stdout
+    failures = [line for line in done.stdout.splitlines() if line.startswith("FAIL")]
+    assert failures and any(named in line for line in failures), done.stdout
+
+
+def test_a_wrong_log_key_fails_the_checkpoint(corridor: dict) -> None:
+    done = _mrx("verify", str(corridor["path"]), "--log-key", corridor["dos"].log_key)
+    assert done.returncode == 1 and "FAIL  checkpoint: signature" in done.stdout
+
+
+def test_consistency_with_a_checkpoint_the_auditor_holds(corridor: dict, tmp_path: Path) -> None:
+    akl: Member = corridor["akl"]
+    bundle = corridor["bundle"]
+    held = notes.parse(bundle["checkpoint"])
+    held_path = tmp_path / "held.checkpoint"
+    held_path.write_text(str(held))
+    done = _verify(corridor["path"], corridor, "--since", str(held_path))
+    assert done.returncode == 0 and "consistency: the same checkpoint" in done.stdout, done.stdout
+    # An older checkpoint: the bundle must carry a proof from it. One made with --since does.
+    with NodeProcess(akl.node):
+        size = Checkpoint.from_text(held.text).size
+        status, _ = call(akl.url + "/v1/seal-events", akl.node.tokens["GW-1"],
+                         {"events": [factories.seal_event(seq=5, lock="LK-EV-1", container=CONTAINER, seal="ES-EV-1")]})
+        assert status in (200, 201), _
+    newer = tmp_path / "newer.json"
+    made = _mrx("evidence", "--config", str(akl.node.config_path), "--container", CONTAINER, "--out", str(newer),
+                "--since", str(held_path))
+    assert made.returncode == 0, made.stderr
+    assert json.loads(newer.read_text())["consistency"]["from"] == size
+    done = _mrx("verify", str(newer), "--log-key", akl.log_key, "--since", str(held_path))
+    assert "ok    checkpoint: consistency: extends the checkpoint" in done.stdout, done.stdout
+    # The stopped node signed a checkpoint for the new record that no witness has seen yet: said, not hidden.
+    failures = [line for line in done.stdout.splitlines() if line.startswith("FAIL")]
+    assert failures == ["FAIL  mrx/KZ-DOS: cosignature: no valid cosignature"] and done.returncode == 1
+    without = tmp_path / "without.json"
+    assert _mrx("evidence", "--config", str(akl.node.config_path), "--container", CONTAINER, "--out",
+                str(without)).returncode == 0
+    done = _mrx("verify", str(without), "--log-key", akl.log_key, "--since", str(held_path))
+    assert done.returncode == 1 and "no consistency proof from size" in done.stdout, done.stdout
