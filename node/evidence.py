@@ -53,6 +53,7 @@ from typing import Any
 
 from mrx.keys.jws import JwsError
 from mrx.keys.keyset import KeysetError, read_statement, trusted_keyring
+from mrx.keys import notes
 from mrx.keys.notes import Checkpoint, NoteError, VerifierKey, open_checkpoint
 from mrx.schemas.xml import XmlError
 
@@ -126,15 +127,19 @@ def verify(
     key = log_key or shape.log_key
     witnesses = list(witness_keys) if witness_keys is not None else shape.witness_keys
     try:
-        checkpoint, _, cosigners = open_checkpoint(shape.checkpoint, key, witnesses)
+        checkpoint, note, _ = open_checkpoint(shape.checkpoint, key)
     except NoteError as exc:
         return [*verdicts, Verdict("checkpoint", "signature", False, str(exc))]
     source = "the key you gave" if pinned else "the bundle's own key: pin it with --log-key"
     verdicts.append(Verdict("checkpoint", "signature", True,
                             f"{checkpoint.origin}, {checkpoint.size} records, signed by {key.name} ({source})"))
     for witness in witnesses:
-        verdicts.append(Verdict(witness.name, "cosignature", witness in cosigners,
-                                "cosigned the checkpoint" if witness in cosigners else "no valid cosignature"))
+        try:
+            cosigned = witness in notes.verify(note, [witness])
+            detail = "cosigned the checkpoint" if cosigned else "no valid cosignature"
+        except NoteError as exc:
+            cosigned, detail = False, str(exc)
+        verdicts.append(Verdict(witness.name, "cosignature", cosigned, detail))
     if held is not None:
         verdicts.append(_consistency(held, key, checkpoint, shape.consistency))
 

@@ -112,11 +112,6 @@ def latest_checkpoint(db: sqlite3.Connection) -> tuple[int, str] | None:
     return None if row is None else (row[0], row[1])
 
 
-def checkpoint_at(db: sqlite3.Connection, size: int) -> str | None:
-    row = db.execute("SELECT note FROM log_checkpoints WHERE size = ?", (size,)).fetchone()
-    return None if row is None else row[0]
-
-
 def put_checkpoint(db: sqlite3.Connection, size: int, root: bytes, note: str, signed_at: str) -> bool:
     """Keep a signed checkpoint; False if one of that size is kept already (it is not replaced)."""
     cursor = db.execute(

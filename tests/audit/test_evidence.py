@@ -212,3 +212,19 @@ def test_consistency_with_a_checkpoint_the_auditor_holds(corridor: dict, tmp_pat
                 str(without)).returncode == 0
     done = _mrx("verify", str(without), "--log-key", akl.log_key, "--since", str(held_path))
     assert done.returncode == 1 and "no consistency proof from size" in done.stdout, done.stdout
+
+
+def test_a_forged_cosignature_fails_only_its_own_check(corridor: dict, tmp_path: Path) -> None:
+    def forge(bundle: dict) -> None:
+        note = notes.parse(bundle["checkpoint"])
+        log_line, witness_line = (s.line for s in note.signatures)
+        signature = base64.b64decode(witness_line.split()[-1])
+        forged = signature[:-1] + bytes([signature[-1] ^ 1])
+        bundle["checkpoint"] = note.text + "\n" + log_line + witness_line.rsplit(" ", 1)[0] + " " + \
+            base64.b64encode(forged).decode() + "\n"
+
+    done = _verify(_tampered(corridor, tmp_path, forge), corridor)
+    failures = [line for line in done.stdout.splitlines() if line.startswith("FAIL")]
+    assert done.returncode == 1 and len(failures) == 1, done.stdout
+    assert failures[0].startswith("FAIL  mrx/KZ-DOS: cosignature:") and "does not verify" in failures[0]
+    assert "ok    checkpoint: signature" in done.stdout
