@@ -53,6 +53,8 @@ ED25519 = 0x01
 COSIGNATURE_V1 = 0x04
 _DASH = "\u2014"
 _NAME = re.compile(r"[^\s+]+")
+DECIMAL = re.compile(r"0|[1-9][0-9]{0,19}")
+"""A tree size or index as the C2SP formats write it: ASCII decimal, no leading zeros."""
 _TYPES = {ED25519: "Ed25519", COSIGNATURE_V1: "Ed25519 cosignature/v1"}
 
 
@@ -84,6 +86,12 @@ class VerifierKey:
     @property
     def id(self) -> bytes:
         return key_id(self.name, self.kind, self.public)
+
+    def cosigning(self) -> VerifierKey:
+        """The same Ed25519 key as a witness's cosigning key (type 0x04) under the same name.
+
+        An mrx node witnesses with its log key, so a partner's log key also names its witness key."""
+        return VerifierKey(self.name, COSIGNATURE_V1, self.public)
 
     def __str__(self) -> str:
         """The verifier key string, ``name+hex ID+base64(type || key)``."""
@@ -259,7 +267,7 @@ class Checkpoint:
         origin, size_text, root_text = lines[:3]
         if not origin:
             raise NoteError("the checkpoint's origin line is empty")
-        if not re.fullmatch(r"0|[1-9][0-9]{0,19}", size_text):
+        if not DECIMAL.fullmatch(size_text):
             raise NoteError(f"the checkpoint's size {size_text[:40]!r} is not a decimal without leading zeros")
         try:
             root = base64.b64decode(root_text, validate=True)

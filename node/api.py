@@ -33,7 +33,7 @@ from mrx.schemas.xml import XmlError
 
 from . import openapi
 from .access import Access
-from .auditlog import AuditLog, key_statements
+from .auditlog import AuditLog
 from .body import parse_json, read_body
 from .config import NodeConfig
 from .access import Caller
@@ -51,7 +51,7 @@ from .inputs import (
 )
 from .readmodel import alarm_json, consignment_view, container_view, decision_json, iso, ref_json
 from .unsealing import Unsealing, state_of
-from .witness import MAX_REQUEST_BYTES, SIZE_MEDIA_TYPE, Conflict, Witness, witness_key
+from .witness import MAX_REQUEST_BYTES, SIZE_MEDIA_TYPE, Conflict, Witness
 from .partners import Partners
 from .receiving import MessageResult, Receiver
 from .routing import Router
@@ -575,13 +575,9 @@ class NodeApi:
 
     async def get_log_consistency(self, request: web.Request) -> web.Response:
         await self.access.authenticate(request.headers.get("Authorization"), "national", "auditor")
-        sizes = []
-        for name in ("from", "to"):
-            text = request.query.get(name, "")
-            if not text.isdigit() or len(text) > 19:
-                raise Problem("invalid-parameter", f"give ?from=M&to=N, two tree sizes with M <= N; {name} is {text[:30]!r}")
-            sizes.append(int(text))
-        old, new = sizes
+        if not {"from", "to"} <= set(request.query):
+            raise Problem("invalid-parameter", "give ?from=M&to=N, two tree sizes with M <= N")
+        old, new = (_int_param(request, name, 0, 0, 2**62) for name in ("from", "to"))
         latest = await self.audit.latest()
         signed = latest[0] if latest is not None else 0
         if old > new or new > signed:
@@ -616,13 +612,6 @@ class NodeApi:
                     raise Problem("invalid-parameter", f"{name} is an ISO 8601 time with its offset, "
                                                        f"e.g. 2026-11-22T04:00:00Z, not {q[name][:40]!r}")
                 times[name] = ts(when)
-        numbers = {}
-        for name, default, pattern in (("after", -1, r"-1|[0-9]{1,18}"), ("limit", limit, r"[1-9][0-9]{0,17}")):
-            text = q.get(name, str(default))
-            if not re.fullmatch(pattern, text):
-                least = -1 if name == "after" else 1
-                raise Problem("invalid-parameter", f"{name} is a whole number from {least}, not {text[:30]!r}")
-            numbers[name] = int(text)
         message_id = q.get("message_id", q.get("record"))
         if message_id is not None:
             try:
@@ -631,8 +620,8 @@ class NodeApi:
                 raise Problem("invalid-parameter", f"{message_id[:64]!r} is not a message ID (a UUID)") from None
         return AuditQuery(message_id=message_id, container=q.get("container"), seal=q.get("seal"),
                           consignment=consignment, office=q.get("office"), since=times.get("since"),
-                          until=times.get("until"), after_leaf=numbers["after"],
-                          limit=min(numbers["limit"], 1000))
+                          until=times.get("until"), after_leaf=_int_param(request, "after", -1, -1, 2**62),
+                          limit=_int_param(request, "limit", limit, 1, 1000))
 
     async def get_audit_records(self, request: web.Request) -> web.Response:
         """Search the log by what records speak of: container, seal, consignment, message ID, office, time."""
@@ -657,16 +646,10 @@ class NodeApi:
         if ("record" in request.query) == ("container" in request.query):
             raise Problem("invalid-parameter", "ask for one of ?record=MESSAGE_ID or ?container=NUMBER")
         query = self._audit_query(request, 1)
-        since_text = request.query.get("since_size")
-        if since_text is not None and not re.fullmatch(r"[0-9]{1,18}", since_text):
-            raise Problem("invalid-parameter", f"since_size is a tree size, not {since_text[:30]!r}")
+        since = _int_param(request, "since_size", -1, 0, 2**62)
         self.keystore.reload()
-        chains = await key_statements(self.store, (self.config.node_id, self.keystore.statements()),
-                                      [p.node_id for p in self.config.partners])
-        witnesses = [witness_key(p.log_verifier) for p in self.config.partners if p.log_verifier is not None]
         try:
-            bundle = await self.audit.evidence(self.config.node_id, query, chains, witnesses,
-                                               int(since_text) if since_text else None)
+            bundle = await self.audit.evidence(query, self.keystore.statements(), since if since >= 0 else None)
         except ValueError as exc:
             raise Problem("invalid-parameter", str(exc)) from None
         if bundle is None:
@@ -805,11 +788,15 @@ def _entry_json(e: TimelineEntry) -> dict[str, Any]:
     }
 
 
+_WHOLE = re.compile(r"-?[0-9]{1,19}")
+
+
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+    if not _WHOLE.fullmatch(raw) or not low <= int(raw) <= high:
         raise Problem("invalid-parameter", f"{name} must be a whole number from {low} to {high}, not {raw[:20]!r}")
     return int(raw)
 

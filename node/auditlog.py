@@ -36,20 +36,24 @@ from __future__ import annotations
 
 import base64
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from mrx.keys import notes
+from mrx.keys.keyring import KeyStore
 from mrx.keys.notes import Checkpoint, NoteSigner, VerifierKey
 
 from . import evidence, merkle
+from .config import NodeConfig, Partner
 from .merkle import TILE_WIDTH, ProofError
 from .storage import sqlite_audit, sqlite_log
+from .storage.sqlite import SqliteStore
 from .storage.sqlite_audit import AuditQuery
 from .storage.sqlite_log import SqliteHashSource
+from .storage.sqlite_rows import ts
 
 PROOF_HEADER = "c2sp.org/tlog-proof@v1"
 MAX_BUNDLE_RECORDS = 100_000
@@ -97,7 +101,7 @@ def parse_tlog_proof(text: str) -> ParsedProof:
     if len(lines) < 2 or not lines[1].startswith("index "):
         raise ValueError("a tlog-proof's second line is 'index N' (mrx proofs carry no extra data)")
     index_text = lines[1][6:]
-    if not index_text.isdigit() or (index_text != "0" and index_text.startswith("0")):
+    if not notes.DECIMAL.fullmatch(index_text):
         raise ValueError(f"the tlog-proof's index {index_text[:30]!r} is not a decimal without leading zeros")
     if len(lines) - 2 > 64:
         raise ValueError("the tlog-proof has more than 64 hashes; no tree is that high")
@@ -114,12 +118,29 @@ def parse_tlog_proof(text: str) -> ParsedProof:
 
 
 class AuditLog:
-    """A running node's log: checkpoints on a schedule and on demand, proofs for the API."""
+    """A node's log: checkpoints on a schedule and on demand, proofs, evidence bundles.
 
-    def __init__(self, store: Any, signer: NoteSigner, on_checkpoint: Callable[[int], None] | None = None) -> None:
-        self._store = store  # SqliteStore: log_read, and _call for the one write
+    The same object serves the running node and the ``mrx log`` / ``mrx evidence``
+    commands on a stopped node's data (`AuditLog.of`)."""
+
+    def __init__(
+        self, store: SqliteStore, signer: NoteSigner, *, node_id: str, partners: Sequence[Partner] = (),
+        on_checkpoint: Callable[[int], None] | None = None,
+    ) -> None:
+        self._store = store
         self._signer = signer
+        self._node_id = node_id
+        self._partners = [p.node_id for p in partners]
+        # The partners that witness this log: their log keys, as cosigning keys.
+        self.witness_keys = [p.log_verifier.cosigning() for p in partners if p.log_verifier is not None]
         self._on_checkpoint = on_checkpoint
+
+    @classmethod
+    def of(cls, config: NodeConfig, keys: KeyStore, store: SqliteStore,
+           on_checkpoint: Callable[[int], None] | None = None) -> AuditLog:
+        """The log of the node ``config`` describes, signing with its key store's note key."""
+        signer = NoteSigner(config.log_origin, keys.note_key())
+        return cls(store, signer, node_id=config.node_id, partners=config.partners, on_checkpoint=on_checkpoint)
 
     @property
     def origin(self) -> str:
@@ -140,7 +161,7 @@ class AuditLog:
         if latest is not None and latest[0] >= head.size:
             return latest
         note = str(notes.sign_checkpoint(Checkpoint(self.origin, head.size, head.root), self._signer))
-        signed_at = datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+        signed_at = ts(datetime.now(timezone.utc))
         await self._store.log_write(lambda db: sqlite_log.put_checkpoint(db, head.size, head.root, note, signed_at))
         if self._on_checkpoint is not None:
             self._on_checkpoint(head.size)
@@ -160,32 +181,29 @@ class AuditLog:
         return await self._store.log_read(lambda db: consistency(db, old_size, new_size))
 
     async def evidence(
-        self, node_id: str, query: AuditQuery, key_statements: dict[str, list[bytes]],
-        witness_keys: list[VerifierKey], since_size: int | None = None,
+        self, query: AuditQuery, own_statements: list[bytes], since_size: int | None = None
     ) -> dict[str, Any] | None:
-        """An evidence bundle (`mrx.node.evidence`) of the records ``query`` finds, or None if it finds none."""
+        """An evidence bundle (`mrx.node.evidence`) of the records ``query`` finds, or None if it finds none.
+
+        ``own_statements`` is this node's key-set chain (`KeyStore.statements`); partners' come from the store."""
         size, note = await self.checkpoint()
         if since_size is not None and since_size > size:
             raise ValueError(f"the checkpoint you hold ({since_size} records) is larger than this log ({size})")
+        chains = {self._node_id: own_statements}
+        for partner in self._partners:
+            chains[partner] = await self._store.key_statements(partner)
 
         def build(db: sqlite3.Connection) -> dict[str, Any] | None:
             found = sqlite_audit.search(db, replace(query, limit=MAX_BUNDLE_RECORDS))
             if not found:
                 return None
             return evidence.build(
-                db, node_id=node_id, log_key=self.verifier, witness_keys=witness_keys, checkpoint=(size, note),
-                key_statements=key_statements, message_ids=[f.message_id for f in found], since_size=since_size,
+                db, node_id=self._node_id, log_key=self.verifier, witness_keys=self.witness_keys,
+                checkpoint=(size, note), key_statements=chains, message_ids=[f.message_id for f in found],
+                since_size=since_size,
             )
 
         return await self._store.log_read(build)
-
-
-async def key_statements(store: Any, own: tuple[str, list[bytes]], partners: list[str]) -> dict[str, list[bytes]]:
-    """Every signer's chain of key-set statements this node holds: its own, and each partner's it follows."""
-    chains = {own[0]: own[1]}
-    for partner in partners:
-        chains[partner] = await store.key_statements(partner)
-    return chains
 
 
 # -- the tiles export -------------------------------------------------------------

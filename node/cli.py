@@ -26,7 +26,6 @@ from mrx.keys.notes import Checkpoint, NoteError, NoteSigner, VerifierKey
 
 from . import auditlog, evidence
 from .storage.sqlite_audit import AuditQuery
-from .witness import witness_key
 
 from .access import new_credential
 from .config import CONFIG_NAME, DEFAULT_PORT, ConfigError, NodeConfig, load_config, write_new_config
@@ -177,9 +176,9 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 def cmd_log(args: argparse.Namespace) -> int:
     """``mrx log checkpoint`` and ``mrx log export``: on a running node's data or a stopped one's."""
     config = _load(args)
-    signer = NoteSigner(config.log_origin, KeyStore.open(config.keys_path).note_key())
+    keys = KeyStore.open(config.keys_path)
     if args.log_command == "key":
-        print(signer.verifier)
+        print(NoteSigner(config.log_origin, keys.note_key()).verifier)
         return 0
     out = Path(args.out) if args.log_command == "export" else None
     if out is not None and out.exists() and any(out.iterdir()):
@@ -188,14 +187,15 @@ def cmd_log(args: argparse.Namespace) -> int:
     async def run() -> int:
         store = await SqliteStore.open(config.database_path)
         try:
-            size, note = await auditlog.AuditLog(store, signer).checkpoint()
+            audit = auditlog.AuditLog.of(config, keys, store)
+            size, note = await audit.checkpoint()
             if out is None:
                 print(note, end="")
                 return 0
             progress = _progress("tiles")
             files = await store.log_read(lambda db: auditlog.export_tiles(db, size, note, out, progress))
             print(f"exported {size} records ({files} files) to {out}; verify with: "
-                  f"mrx verify --log {out} --log-key '{signer.verifier}'", file=sys.stderr)
+                  f"mrx verify --log {out} --log-key '{audit.verifier}'", file=sys.stderr)
             return 0
         finally:
             await store.close()
@@ -252,7 +252,6 @@ def cmd_evidence(args: argparse.Namespace) -> int:
     """``mrx evidence``: an evidence bundle for a record or a container, from a running or stopped node."""
     config = _load(args)
     keys = KeyStore.open(config.keys_path)
-    signer = NoteSigner(config.log_origin, keys.note_key())
     query = AuditQuery(message_id=args.record, container=args.container)
     since = None
     if args.since:
@@ -261,26 +260,23 @@ def cmd_evidence(args: argparse.Namespace) -> int:
         except (OSError, NoteError) as exc:
             raise CommandError(f"--since {args.since}: {exc}") from None
 
-    async def run() -> dict | None:
+    async def run() -> tuple[dict | None, VerifierKey]:
         store = await SqliteStore.open(config.database_path)
         try:
-            chains = await auditlog.key_statements(
-                store, (config.node_id, keys.statements()), [p.node_id for p in config.partners]
-            )
-            witnesses = [witness_key(p.log_verifier) for p in config.partners if p.log_verifier is not None]
-            return await auditlog.AuditLog(store, signer).evidence(config.node_id, query, chains, witnesses, since)
+            audit = auditlog.AuditLog.of(config, keys, store)
+            return await audit.evidence(query, keys.statements(), since), audit.verifier
         finally:
             await store.close()
 
     try:
-        bundle = asyncio.run(run())
+        bundle, log_key = asyncio.run(run())
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     if bundle is None:
         raise CommandError(f"this node's log holds no record for {args.record or args.container}")
     Path(args.out).write_text(json.dumps(bundle, indent=1) + "\n")
     print(f"wrote {len(bundle['records'])} records to {args.out}; check it with: mrx verify {args.out} "
-          f"--log-key '{signer.verifier}'", file=sys.stderr)
+          f"--log-key '{log_key}'", file=sys.stderr)
     return 0
 
 

@@ -777,7 +777,8 @@ def document() -> dict[str, Any]:
                         ("seal", {"type": "string"}), ("consignment", {"type": "string"}),
                         ("office", {"type": "string"}), ("since", {"type": "string", "format": "date-time"}),
                         ("until", {"type": "string", "format": "date-time"}),
-                        ("after", {"type": "integer", "minimum": -1}), ("limit", {"type": "integer", "minimum": 1}),
+                        ("after", {"type": "integer", "minimum": -1}),
+                        ("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
                     )
                 ],
                 "responses": {"200": _json({"type": "object"}, "Logged records in log order"), **_problems(400, 401, 403)},

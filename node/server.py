@@ -146,10 +146,9 @@ class Node:
             jobs.add("catch-up", puller.pull_all, settings.pull_seconds)
             jobs.add("sweep", sweep, settings.sweep_seconds, at_start=True)
         jobs.add("prune", prune, 3600)
-        note_key = self.keystore.note_key()
-        audit = AuditLog(store, NoteSigner(config.log_origin, note_key), self.metrics.log_checkpoint_size.set)
+        audit = AuditLog.of(config, self.keystore, store, self.metrics.log_checkpoint_size.set)
         witness = Witness(
-            store, NoteSigner(config.log_origin, note_key, COSIGNATURE_V1),
+            store, NoteSigner(config.log_origin, self.keystore.note_key(), COSIGNATURE_V1),
             [p.log_verifier for p in config.partners if p.log_verifier is not None], self.metrics,
         )
         cosigning = Cosigning(store, audit, config.partners, session, self.metrics)

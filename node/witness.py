@@ -49,7 +49,6 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import re
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -57,9 +56,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import aiohttp
-
 from mrx.keys import notes
-from mrx.keys.notes import COSIGNATURE_V1, Checkpoint, NoteError, NoteSigner, VerifierKey
+from mrx.keys.notes import (
+    COSIGNATURE_V1,
+    DECIMAL,
+    Checkpoint,
+    NoteError,
+    NoteSigner,
+    VerifierKey,
+)
 
 from . import merkle
 from .auditlog import AuditLog
@@ -67,7 +72,9 @@ from .config import Partner
 from .metrics import NodeMetrics
 from .problems import Problem
 from .storage import sqlite_log
+from .storage.sqlite import SqliteStore
 from .storage.sqlite_log import Witnessed
+from .storage.sqlite_rows import ts
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +82,6 @@ WITNESS_PATH = "/v1/log/witness/add-checkpoint"
 SIZE_MEDIA_TYPE = "text/x.tlog.size"
 MAX_REQUEST_BYTES = 16_384  # 63 proof lines and a checkpoint with a few cosignatures fit in 8 KiB
 MAX_PROOF_LINES = 63
-_SIZE = re.compile(r"0|[1-9][0-9]{0,19}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +107,7 @@ class AddCheckpoint:
         if not blank:
             raise _malformed("an add-checkpoint body is 'old N', proof lines, an empty line, then the checkpoint")
         lines = head.split("\n")
-        if not lines[0].startswith("old ") or not _SIZE.fullmatch(lines[0][4:]):
+        if not lines[0].startswith("old ") or not DECIMAL.fullmatch(lines[0][4:]):
             raise _malformed("the first line is 'old N', N a decimal without leading zeros")
         if len(lines) - 1 > MAX_PROOF_LINES:
             raise _malformed(f"the request has {len(lines) - 1} proof lines; at most {MAX_PROOF_LINES}")
@@ -163,7 +169,7 @@ def judge(held: Witnessed | None, old_size: int, proof: Sequence[bytes], checkpo
 class Witness:
     """This node as a witness of its partners' logs."""
 
-    def __init__(self, store: object, key: NoteSigner, logs: Sequence[VerifierKey], metrics: NodeMetrics) -> None:
+    def __init__(self, store: SqliteStore, key: NoteSigner, logs: Sequence[VerifierKey], metrics: NodeMetrics) -> None:
         if key.verifier.kind != COSIGNATURE_V1:
             raise ValueError("a witness signs with a cosignature/v1 key")
         self._store = store
@@ -192,7 +198,7 @@ class Witness:
         if key not in signed:
             raise Problem("witness-signature-invalid", f"the checkpoint of {checkpoint.origin} is not signed by "
                                                        f"the log key this node holds for it: {why}")
-        received_at = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+        received_at = ts(datetime.now(UTC))
         text = body.decode()
 
         def decide(db: sqlite3.Connection) -> Verdict:
@@ -204,7 +210,7 @@ class Witness:
                 sqlite_log.put_witnessed(db, checkpoint, request.note, received_at)
             return verdict
 
-        verdict: Verdict = await self._store.log_write(decide)  # type: ignore[attr-defined]
+        verdict: Verdict = await self._store.log_write(decide)
         outcome = "cosigned" if verdict.cosign else str(verdict.status)
         self._metrics.witness_requests.labels(checkpoint.origin, outcome).inc()
         if verdict.evidence:
@@ -221,11 +227,11 @@ class Witness:
 class Cosigning:
     """This node's log, asking its partners to witness it."""
 
-    def __init__(self, store: object, audit: AuditLog, partners: Sequence[Partner], session: aiohttp.ClientSession,
+    def __init__(self, store: SqliteStore, audit: AuditLog, partners: Sequence[Partner], session: aiohttp.ClientSession,
                  metrics: NodeMetrics) -> None:
         self._store = store
         self._audit = audit
-        self._witnesses = [(p, witness_key(p.log_verifier)) for p in partners if p.log_verifier is not None]
+        self._witnesses = [(p, p.log_verifier.cosigning()) for p in partners if p.log_verifier is not None]
         self._session = session
         self._metrics = metrics
 
@@ -242,7 +248,7 @@ class Cosigning:
                 log.info("witness %s unreachable (%s); asking again at the next checkpoint", partner.node_id, exc)
 
     async def _ask(self, partner: Partner, key: VerifierKey, size: int, note: str) -> None:
-        old = await self._store.log_read(lambda db: sqlite_log.cosigned_size(db, key.name))  # type: ignore[attr-defined]
+        old = await self._store.log_read(lambda db: sqlite_log.cosigned_size(db, key.name))
         for _ in range(2):
             if old >= size:
                 return
@@ -252,7 +258,7 @@ class Cosigning:
                                           headers={"Content-Type": "text/plain"}) as response:
                 text = (await response.content.read(MAX_REQUEST_BYTES)).decode("utf-8", "replace")
                 status = response.status
-            if status == 409 and _SIZE.fullmatch(text.strip()):
+            if status == 409 and DECIMAL.fullmatch(text.strip()):
                 held = int(text.strip())
                 if held >= size:
                     self._metrics.cosignatures.labels(partner.node_id, "conflict").inc()
@@ -279,16 +285,11 @@ class Cosigning:
             log.error("witness %s answered checkpoint %d without a valid cosignature: %s", partner.node_id, size, lines)
             return
         line = next(s.line for s in cosigned.signatures if (s.name, s.key_id) == (key.name, key.id))
-        now = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-        await self._store.log_write(  # type: ignore[attr-defined]
+        now = ts(datetime.now(UTC))
+        await self._store.log_write(
             lambda db: sqlite_log.add_cosignature(db, size, key.name, line, now)
         )
         self._metrics.cosignatures.labels(partner.node_id, "cosigned").inc()
-
-
-def witness_key(log_key: VerifierKey) -> VerifierKey:
-    """A node's witness key: its log key as a cosigning key, under the same name."""
-    return VerifierKey(log_key.name, COSIGNATURE_V1, log_key.public)
 
 
 def _malformed(detail: str) -> Problem:

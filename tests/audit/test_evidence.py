@@ -18,7 +18,6 @@ from tlog_scales.tlog import InclusionProof
 
 from mrx.keys import notes
 from mrx.keys.notes import Checkpoint
-from mrx.node.witness import witness_key
 from tests import factories
 from tests.corridor import Db, Member, call, make_corridor, wait_until
 from tests.nodeproc import NodeProcess
@@ -51,7 +50,7 @@ def corridor(tmp_path_factory: pytest.TempPathFactory):
         assert status == 200 and body["accepted"] == 6, body
         wait_until(lambda: Db(akl).outbox_states() == {"delivered": 4}, 20, "the container's records delivered")
         size = Db(akl).value("SELECT COUNT(*) FROM log_leaves")
-        dos_witness = str(witness_key(notes.VerifierKey.parse(dos.log_key)))
+        dos_witness = str(notes.VerifierKey.parse(dos.log_key).cosigning())
 
         def cosigned() -> bool:
             with urllib.request.urlopen(akl.url + "/v1/log/checkpoint") as resp:

@@ -23,7 +23,7 @@ from mrx.keys.keyring import KeyStore
 from mrx.keys.notes import Checkpoint, NoteSigner
 from mrx.node import merkle
 from mrx.node.storage.sqlite_log import Witnessed
-from mrx.node.witness import AddCheckpoint, judge, witness_key
+from mrx.node.witness import AddCheckpoint, judge
 from tests import factories
 from tests.corridor import Db, Member, make_corridor
 from tests.nodeproc import NodeProcess
@@ -105,7 +105,7 @@ async def _checkpoint_text(session: aiohttp.ClientSession, member: Member) -> st
 
 async def _cosigned(session: aiohttp.ClientSession, log: Member, witness: Member, at_least: int, timeout: float = 20):
     """Wait until ``log``'s checkpoint, of at least ``at_least`` leaves, carries ``witness``'s cosignature."""
-    vkeys = VkeySet(Vkey.from_string(log.log_key), Vkey.from_string(str(witness_key(notes.VerifierKey.parse(witness.log_key)))))
+    vkeys = VkeySet(Vkey.from_string(log.log_key), Vkey.from_string(str(notes.VerifierKey.parse(witness.log_key).cosigning())))
     deadline = time.monotonic() + timeout
     while True:
         text = await _checkpoint_text(session, log)
@@ -175,7 +175,7 @@ async def test_a_witness_refuses_and_keeps_a_rewritten_history(tmp_path: Path) -
             status, cosignature = await offer(body(HONEST, 20, 30))  # the honest log goes on
             assert status == 200
             cosigned = notes.parse(str(notes.sign_checkpoint(_checkpoint(HONEST, 30), forger))).with_lines([cosignature])
-            dos_witness = witness_key(notes.VerifierKey.parse(dos.log_key))
+            dos_witness = notes.VerifierKey.parse(dos.log_key).cosigning()
             assert dos_witness in notes.verify(cosigned, [dos_witness])
             async with session.get(d.url + "/v1/log/witness/evidence",
                                    headers={"Authorization": f"Bearer {dos.node.tokens['AUDIT']}"}) as resp:

@@ -261,6 +261,9 @@ async def test_roles_are_enforced(node: NodeProcess, node_dir: NodeDir) -> None:
         ("/v1/containers/CSQU3054384/events", 400, "invalid-parameter"),
         ("/v1/containers/CSQU3054383/events?limit=0", 400, "invalid-parameter"),
         ("/v1/containers/CSQU3054383/events?cursor=bm9wZQ", 400, "invalid-parameter"),
+        ("/v1/containers/CSQU3054383/events?limit=%C2%B2", 400, "invalid-parameter"),  # "²" is a digit to isdigit()
+        ("/v1/audit/records?limit=1001", 400, "invalid-parameter"),
+        ("/v1/log/consistency?from=1", 400, "invalid-parameter"),
         ("/v1/nothing-here", 404, "not-found"),
     ],
 )
