@@ -96,6 +96,13 @@ class Access:
             )
         return caller
 
+    async def gateway(self, name: str) -> Caller | None:
+        """The gateway credential ``name``, if it exists and is not revoked (the MQTT listener's check of a topic)."""
+        caller = await self._caller(name)
+        if caller is None or caller.credential.role != "gateway" or caller.credential.revoked_at is not None:
+            return None
+        return caller
+
     async def _caller(self, name: str) -> Caller | None:
         now = time.monotonic()
         hit = self._cache.get(name)

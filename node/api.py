@@ -43,11 +43,8 @@ from .inputs import (
     SEAL_ID,
     TOKEN,
     AcknowledgementIn,
-    ArrivalIn,
     ConsignmentReferenceIn,
-    ItineraryIn,
     TargetingIn,
-    UnsealAuthorizationIn,
 )
 from .readmodel import alarm_json, consignment_view, container_view, decision_json, iso, ref_json
 from .unsealing import Unsealing, state_of
@@ -57,12 +54,13 @@ from .receiving import MessageResult, Receiver
 from .routing import Router
 from .sending import Deliveries
 from .metrics import NodeMetrics
+from .national import NationalSystem
 from .problems import PROBLEM_MEDIA_TYPE, Problem
 from .records import RecordError, own_keys, verify_record
 from .storage import sqlite_audit, sqlite_log
 from .storage.sqlite_audit import AuditQuery
 from .storage.sqlite_rows import ts
-from .storage import Delivery, InvalidCursor, Itinerary, OutboxItem, Store, Targeting, TimelineEntry, TimelineKey
+from .storage import Delivery, InvalidCursor, OutboxItem, Store, Targeting, TimelineEntry, TimelineKey
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +135,7 @@ class NodeApi:
     router: Router
     recognition: Recognition
     unsealing: Unsealing
+    national: NationalSystem
     audit: AuditLog
     witness: Witness
 
@@ -191,38 +190,22 @@ class NodeApi:
 
     async def post_seal_events(self, request: web.Request) -> web.Response:
         gateway = await self.access.authenticate(request.headers.get("Authorization"), "gateway")
-        data = await self._json_body(request)
-        if isinstance(data, dict) and "events" in data:
-            events = data["events"]
-            if set(data) != {"events"} or not isinstance(events, list) or not events:
-                raise Problem(
-                    "validation-failed", 'a batch is {"events": [event, ...]} with at least one event and nothing else'
-                )
-            limit = self.config.limits.max_batch_events
-            if len(events) > limit:
-                raise Problem("batch-too-large", f"the batch has {len(events)} events; send at most {limit} per request")
+        events, batch = seal_event_items(await self._json_body(request), self.config.limits.max_batch_events)
+        if batch:
             results = await self.ingest.seal_events(gateway, events, "/events")
             counts = {s: sum(1 for r in results if r.status == s) for s in ("accepted", "duplicate", "rejected")}
             return json_response({**counts, "results": [_event_json(r, request.path) for r in results]})
-        if not isinstance(data, dict):
-            raise Problem("validation-failed", 'send one event as a JSON object, or a batch as {"events": [...]}')
-        (result,) = await self.ingest.seal_events(gateway, [data])
+        (result,) = await self.ingest.seal_events(gateway, events)
         if result.problem is not None:
             raise result.problem
         return json_response(_event_json(result, request.path), status=201 if result.status == "accepted" else 200)
 
     async def post_control_result(self, request: web.Request) -> web.Response:
         await self.access.authenticate(request.headers.get("Authorization"), "national")
-        data = await self._json_body(request)
-        receipt = await self.ingest.control_result(data)
+        answer = await self.national.control_result(await self._json_body(request))
         return json_response(
-            {
-                "control_id": receipt.control_id,
-                "status": receipt.status,
-                "message_id": str(receipt.message_id),
-                "record": f"/v1/records/{receipt.message_id}",
-            },
-            status=201 if receipt.status == "accepted" else 200,
+            {**answer, "record": f"/v1/records/{answer['message_id']}"},
+            status=201 if answer["status"] == "accepted" else 200,
         )
 
     async def post_verify_record(self, request: web.Request) -> web.Response:
@@ -256,22 +239,7 @@ class NodeApi:
     async def post_itinerary(self, request: web.Request) -> web.Response:
         """A consignment's itinerary from the national system: which partners get its records (routing.py)."""
         await self.access.authenticate(request.headers.get("Authorization"), "national")
-        data: ItineraryIn = validate(ItineraryIn, await self._json_body(request))
-        itinerary = Itinerary(
-            data.consignment.to_domain(), tuple(data.offices), tuple(data.containers), datetime.now(timezone.utc)
-        )
-        await self.store.put_itinerary(itinerary)
-        self.router.learn(itinerary)
-        self.metrics.itineraries.set(len(self.router))
-        return json_response(
-            {
-                "consignment": {"type": itinerary.ref.type.value, "id": itinerary.ref.id},
-                "offices": list(itinerary.offices),
-                "containers": list(itinerary.containers),
-                "recipients": list(self.router.recipients(itinerary.offices)),
-                "unserved_offices": list(self.router.unserved(itinerary.offices)),
-            }
-        )
+        return json_response(await self.national.itinerary(await self._json_body(request)))
 
     # -- recognition at the border (docs/recognition.md) ------------------------
 
@@ -288,11 +256,7 @@ class NodeApi:
     async def post_arrival(self, request: web.Request) -> web.Response:
         """The national system notifies an arrival at this office: decide for each consignment."""
         await self.access.authenticate(request.headers.get("Authorization"), "national")
-        data: ArrivalIn = validate(ArrivalIn, await self._json_body(request))
-        decided = await self.recognition.arrive(
-            [c.to_domain() for c in data.consignments], data.arrived_at, tuple(data.containers)
-        )
-        return json_response({"decisions": [decision_json(d.body, d.record, issued=d.issued) for d in decided]})
+        return json_response(await self.national.arrival(await self._json_body(request)))
 
     async def post_decision(self, request: web.Request) -> web.Response:
         """Decide now, on demand, as of the arrival if there was one."""
@@ -328,23 +292,9 @@ class NodeApi:
     async def post_unseal_authorization(self, request: web.Request) -> web.Response:
         """An officer authorises opening one lock at this office, once, within a window (unsealing.py)."""
         await self.access.authenticate(request.headers.get("Authorization"), "national")
-        data: UnsealAuthorizationIn = validate(UnsealAuthorizationIn, await self._json_body(request))
-        body, record = await self.unsealing.authorise(data)
+        answer = await self.national.unseal_request(await self._json_body(request))
         return json_response(
-            {
-                "authorization_id": str(body.authorization_id),
-                "message_id": str(record.message_id),
-                "lock_id": body.lock_id,
-                "seal_id": body.seal_id,
-                "container": body.container,
-                "office": body.office,
-                "valid_from": iso(body.valid_from),
-                "valid_to": iso(body.valid_to),
-                "recipients": list(record.recipients),
-                "jws": record.jws.decode("ascii"),
-            },
-            status=201,
-            headers={"Location": f"/v1/unseal-authorizations/{body.authorization_id}"},
+            answer, status=201, headers={"Location": f"/v1/unseal-authorizations/{answer['authorization_id']}"}
         )
 
     async def get_unseal_authorizations(self, request: web.Request) -> web.Response:
@@ -722,6 +672,22 @@ def _message_id(request: web.Request) -> UUID:
         return UUID(raw)
     except ValueError:
         raise Problem("invalid-parameter", f"{raw[:64]!r} is not a message ID (a UUID)") from None
+
+
+def seal_event_items(data: Any, max_batch: int) -> tuple[list[Any], bool]:
+    """The events of a seal-event body (HTTP or MQTT): one event object, or a batch ``{"events": [...]}`` (True)."""
+    if isinstance(data, dict) and "events" in data:
+        events = data["events"]
+        if set(data) != {"events"} or not isinstance(events, list) or not events:
+            raise Problem(
+                "validation-failed", 'a batch is {"events": [event, ...]} with at least one event and nothing else'
+            )
+        if len(events) > max_batch:
+            raise Problem("batch-too-large", f"the batch has {len(events)} events; send at most {max_batch} per request")
+        return events, True
+    if not isinstance(data, dict):
+        raise Problem("validation-failed", 'send one event as a JSON object, or a batch as {"events": [...]}')
+    return [data], False
 
 
 def _event_json(result: EventResult, path: str) -> dict[str, Any]:

@@ -396,6 +396,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", metavar="CHECKPOINT", help="a checkpoint you hold: the bundle's must extend it")
     p.add_argument("--failures-only", action="store_true", help="print only the checks that failed")
     p.set_defaults(func=cmd_verify)
+
+    def _simulate(args: argparse.Namespace) -> int:
+        from mrx.adapters import simulator  # imported here: only this command needs it (and paho-mqtt)
+
+        return simulator.command(args)
+
+    p = sub.add_parser("simulate", help="play simulated lock gateways' corridor journeys to a node (HTTP or MQTT)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", help="the node's base URL, e.g. http://127.0.0.1:8470")
+    where.add_argument("--mqtt", metavar="HOST:PORT", help="publish to this MQTT broker instead")
+    where.add_argument("--out", metavar="FILE", help="write the events as JSON lines, in send order, and send nothing")
+    p.add_argument("--gateway", metavar="ID", help="gateway ID (MQTT topic); default: the credential's")
+    p.add_argument("--token-file", metavar="FILE", help="file holding the credential `mrx gateway add` printed")
+    p.add_argument("--mqtt-username")
+    p.add_argument("--mqtt-password-file", metavar="FILE")
+    p.add_argument("--topic-prefix", default="mrx", help="MQTT topic prefix (default mrx)")
+    p.add_argument("--containers", type=int, default=10, metavar="N", help="containers, 41 to a train (default 10)")
+    p.add_argument("--seed", type=int, default=1, help="the same seed and start give the same events (default 1)")
+    p.add_argument("--start", help="first train's departure, RFC 3339 or 'now' (default 2026-11-22T00:00:00Z)")
+    p.add_argument("--speed", type=float, default=0.0, help="journey time per real time: 1 live, 0 (default) at once")
+    p.add_argument("--concurrency", type=int, default=8, help="deliveries in flight, one per lock (default 8)")
+    p.set_defaults(func=_simulate)
     return parser
 
 

@@ -150,6 +150,50 @@ class Log(BaseModel):
     checkpoint_seconds: int = Field(default=60, ge=1, le=86_400)  # sign a checkpoint this often if the log grew
 
 
+class Mqtt(BaseModel):
+    """The MQTT lock listener (``[mqtt]``; `mrx.adapters.mqtt`, docs/adapters.md). Absent: no listener.
+
+    Topics, under ``topic_prefix``: gateways publish events to
+    ``<prefix>/gateways/<gateway>/events``; the node answers a refused event on
+    ``.../problems`` and publishes unseal authorisations on ``.../instructions``.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    # Fixed across restarts: the broker keeps the node's persistent session
+    # (its subscriptions and the QoS 1 messages not yet acknowledged) under it.
+    client_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] | None = None  # default "mrx-<node_id>"
+    username: str | None = None
+    password_file: str | None = None  # relative to this file; one line, mode 0600
+    topic_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")] = "mrx"
+    keepalive_seconds: int = Field(default=30, ge=5, le=3600)
+    max_inflight: int = Field(default=100, ge=1, le=65_535)  # unacknowledged messages the broker may send at once
+
+
+AdapterName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,31}$")]
+
+
+class AdapterConfig(BaseModel):
+    """One ``[[adapters]]`` table: a national-system adapter (docs/adapters.md).
+
+    ``kind`` names the adapter: a shipped one (``webhook``, ``files``,
+    ``ncts``), a name another package registers under the ``mrx.adapters``
+    entry-point group, or ``"package.module:Class"``. The remaining keys are
+    the adapter's own options, which the adapter validates.
+    """
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+
+    name: AdapterName  # unique; names its durable delivery cursor, so never rename a live one
+    kind: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,200}$")]
+
+    @property
+    def options(self) -> dict[str, object]:
+        return dict(self.model_extra or {})
+
+
 class NodeConfig(BaseModel):
     """What ``mrx.toml`` holds. Paths are resolved against ``base_dir``."""
 
@@ -170,6 +214,8 @@ class NodeConfig(BaseModel):
     agreements: list[AgreementTerms] = []
     recognition: Recognition = Recognition()
     log: Log = Log()
+    mqtt: Mqtt | None = None
+    adapters: list[AdapterConfig] = []
 
     base_dir: Path = Field(default=Path("."), exclude=True)
 
@@ -189,6 +235,10 @@ class NodeConfig(BaseModel):
             if terms.partner in agreed:
                 raise ValueError(f"there are two agreements with {terms.partner}; one partner has one agreement")
             agreed.add(terms.partner)
+        names = [a.name for a in self.adapters]
+        if len(names) != len(set(names)):
+            raise ValueError(f"two [[adapters]] share a name ({sorted(n for n in names if names.count(n) > 1)[0]}); "
+                             "each adapter's name is its own")
         return self
 
     def partner(self, node_id: str) -> Partner | None:
@@ -205,6 +255,10 @@ class NodeConfig(BaseModel):
     @property
     def log_origin(self) -> str:
         return self.log.origin or f"mrx/{self.node_id}"
+
+    @property
+    def mqtt_client_id(self) -> str:
+        return (self.mqtt.client_id if self.mqtt and self.mqtt.client_id else None) or f"mrx-{self.node_id}"
 
     @property
     def database_path(self) -> Path:

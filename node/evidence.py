@@ -31,7 +31,8 @@ consistency         the checkpoint extends the one the auditor holds
 keys                each signer's statement chain follows from its anchor
                     (``--anchor OWNER=THUMBPRINT``, else its first statement)
 integrity           the record's JWS signature and XML (XSD) are valid and
-                    its sender owns the key
+                    its sender owns the key (`records.check_record`: the
+                    body is schema-checked, not re-read into values)
 key valid           the key was valid (window, not revoked) when the
                     record says it was prepared
 inclusion           the record is the leaf its proof says, under the
@@ -45,6 +46,7 @@ bundle's parsed JSON.
 from __future__ import annotations
 
 import base64
+import binascii
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -59,7 +61,7 @@ from mrx.schemas.xml import XmlError
 
 from . import merkle
 from .merkle import ProofError
-from .records import RecordError, TrustedKey, verify_record
+from .records import RecordError, TrustedKey, check_record
 from .storage import sqlite_audit
 from .storage.sqlite_log import SqliteHashSource
 
@@ -149,8 +151,9 @@ def verify(
         verdicts.append(_keys(owner, statements, (anchors or {}).get(owner), now, keys))
 
     # The records.
+    inclusion = merkle.InclusionVerifier(checkpoint.size, checkpoint.root)
     for done, (index, message_id, jws, proof) in enumerate(shape.records, 1):
-        verdicts.extend(_record(index, message_id, jws, proof, keys, checkpoint, max_xml_bytes))
+        verdicts.extend(_record(index, message_id, jws, proof, keys, inclusion, max_xml_bytes))
         if progress is not None:
             progress(done, len(shape.records))
     return verdicts
@@ -170,12 +173,12 @@ class _Shape:
         }
         self.records = [
             (int(r["leaf_index"]), _str(r["message_id"]), _str(r["jws"]).encode("ascii"),
-             [base64.b64decode(_str(h), validate=True) for h in r["inclusion"]])
+             [_unb64(h) for h in r["inclusion"]])
             for r in bundle["records"]
         ]
         consistency = bundle.get("consistency")
         self.consistency = None if consistency is None else (
-            int(consistency["from"]), [base64.b64decode(_str(h), validate=True) for h in consistency["proof"]]
+            int(consistency["from"]), [_unb64(h) for h in consistency["proof"]]
         )
 
 
@@ -215,10 +218,10 @@ def _keys(owner: str, statements: list[bytes], anchors: Iterable[str] | None, no
 
 
 def _record(index: int, message_id: str, jws: bytes, proof: list[bytes], keys: dict[str, TrustedKey],
-            checkpoint: Checkpoint, max_xml_bytes: int) -> list[Verdict]:
+            inclusion: merkle.InclusionVerifier, max_xml_bytes: int) -> list[Verdict]:
     out = []
     try:
-        verified = verify_record(jws, keys.get, max_xml_bytes=max_xml_bytes)
+        header, signer = check_record(jws, keys.get, max_xml_bytes=max_xml_bytes)
     except RecordError as exc:
         if exc.code == "record-key-not-valid":
             out += [Verdict(message_id, "integrity", True, "signature and XML valid"),
@@ -228,20 +231,19 @@ def _record(index: int, message_id: str, jws: bytes, proof: list[bytes], keys: d
     except (JwsError, XmlError) as exc:
         out.append(Verdict(message_id, "integrity", False, f"{exc.code}: {exc.detail}"))
     else:
-        header = verified.message.header
         if str(header.message_id) != message_id:
             out.append(Verdict(message_id, "integrity", False, f"the record is message {header.message_id}"))
         else:
             out += [Verdict(message_id, "integrity", True,
                             f"{header.message_type} by {header.sender}, signature and XML valid"),
                     Verdict(message_id, "key valid", True,
-                            f"key {verified.key.key.kid} valid at {header.prepared_at.isoformat()}")]
+                            f"key {signer.key.kid} valid at {header.prepared_at.isoformat()}")]
     try:
-        merkle.verify_inclusion(merkle.leaf_hash(jws), index, checkpoint.size, proof, checkpoint.root)
+        inclusion.verify(merkle.leaf_hash(jws), index, proof)
     except ProofError as exc:
         out.append(Verdict(message_id, "inclusion", False, f"leaf {index}: {exc}"))
     else:
-        out.append(Verdict(message_id, "inclusion", True, f"leaf {index} of {checkpoint.size}"))
+        out.append(Verdict(message_id, "inclusion", True, f"leaf {index} of {inclusion.size}"))
     return out
 
 
@@ -253,4 +255,9 @@ def _str(value: Any) -> str:
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+def _unb64(value: Any) -> bytes:
+    """A proof hash: standard base64, strictly (`binascii.Error` is a `ValueError`)."""
+    return binascii.a2b_base64(_str(value), strict_mode=True)
 

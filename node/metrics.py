@@ -94,6 +94,30 @@ class NodeMetrics:
         self.unseal_authorizations = Counter(
             "mrx_unseal_authorizations", "Unseal authorisations issued", registry=r
         )
+        # National-system adapters (mrx.node.outbound)
+        self.adapter_deliveries = Counter(
+            "mrx_adapter_deliveries", "Records offered to national-system adapters, by outcome (delivered, "
+            "failed: retried later, refused: skipped for good, see mrx adapters)", ["adapter", "outcome"], registry=r,
+        )
+        self.adapter_backlog = Gauge(
+            "mrx_adapter_backlog", "Records waiting for a national-system adapter", ["adapter"], registry=r
+        )
+        self.adapter_inbound = Counter(
+            "mrx_adapter_inbound", "Items national-system adapters brought in, by outcome (accepted, rejected)",
+            ["adapter", "outcome"], registry=r,
+        )
+        # The MQTT lock listener (mrx.adapters.mqtt)
+        self.mqtt_connected = Gauge(
+            "mrx_mqtt_connected", "1 while the MQTT listener is connected to its broker and subscribed", registry=r
+        )
+        self.mqtt_messages = Counter(
+            "mrx_mqtt_messages", "MQTT event messages by outcome (stored, refused: a problem was published, "
+            "retry: not acknowledged, the broker sends it again)", ["outcome"], registry=r,
+        )
+        self.mqtt_instructions = Counter(
+            "mrx_mqtt_instructions", "Unseal authorisations pushed to gateways over MQTT, by outcome "
+            "(published, no-gateway)", ["outcome"], registry=r,
+        )
         # Background jobs (APScheduler)
         self.log_checkpoint_size = Gauge(
             "mrx_log_checkpoint_size", "Leaves in the audit log's latest signed checkpoint", registry=r

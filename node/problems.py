@@ -41,6 +41,7 @@ CATALOGUE: dict[str, ProblemKind] = {
     "unauthenticated": ProblemKind(401, "Credential missing or not recognised"),
     "forbidden": ProblemKind(403, "Credential does not allow this"),
     "lock-out-of-scope": ProblemKind(403, "Lock is outside the gateway's scope"),
+    "mqtt-topic-invalid": ProblemKind(400, "MQTT topic does not name a gateway"),
     # Idempotency and ordering
     "event-id-conflict": ProblemKind(409, "Event ID already used for a different event"),
     "sequence-conflict": ProblemKind(409, "Lock sequence number already used by another event"),

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID, uuid4
 
-from mrx.keys.jws import JwsError, SigningKey, max_compact_bytes, verify_compact
+from mrx.keys.jws import JwsError, SigningKey, VerifiedJws, max_compact_bytes, verify_compact
 from mrx.keys.keyring import Keyring, PublicKey
 from mrx.schemas import codec
 from mrx.schemas.messages import Body, Header, Message, message_type_of
@@ -196,9 +196,47 @@ def verify_record(
 
     Raises `JwsError`, `XmlError` or `RecordError`; each has ``code`` and ``detail``.
     """
-    verified = verify_compact(token, keys, max_bytes=min(max_compact_bytes(max_xml_bytes), LOG_ENTRY_MAX_BYTES))
+    verified = verify_compact(token, keys, max_bytes=_max_token_bytes(max_xml_bytes))
     message = codec.decode(verified.payload, max_bytes=max_xml_bytes)
     header = message.header
+    signer = _check_signer(verified, header, now)
+    record = SignedRecord(
+        message_id=header.message_id,
+        message_type=header.message_type,
+        sender=header.sender,
+        recipients=header.recipients,
+        prepared_at=header.prepared_at,
+        kid=signer.key.kid,
+        jws=token,
+        digest=hashlib.sha256(token).digest(),
+    )
+    return VerifiedRecord(message, record, signer)
+
+
+def check_record(
+    token: bytes,
+    keys: Callable[[str], TrustedKey | None],
+    *,
+    max_xml_bytes: int,
+    now: datetime | None = None,
+) -> tuple[Header, TrustedKey]:
+    """`verify_record`'s checks for an auditor, about twice as fast: the header and signing key.
+
+    Steps 1 and 3-5 are the same; in step 2 the whole payload is validated
+    against the XSD, but only its header is read (`codec.decode_header`), so
+    the body's identifier check digits are not re-checked. Same exceptions.
+    """
+    verified = verify_compact(token, keys, max_bytes=_max_token_bytes(max_xml_bytes))
+    header = codec.decode_header(verified.payload, max_bytes=max_xml_bytes)
+    return header, _check_signer(verified, header, now)
+
+
+def _max_token_bytes(max_xml_bytes: int) -> int:
+    return min(max_compact_bytes(max_xml_bytes), LOG_ENTRY_MAX_BYTES)
+
+
+def _check_signer(verified: VerifiedJws[TrustedKey], header: Header, now: datetime | None) -> TrustedKey:
+    """Steps 3-5 of `verify_record`: the type, the sender and the key's validity, from the header."""
     if verified.typ != media_type(header.message_type):
         raise RecordError(
             "record-type-mismatch",
@@ -225,17 +263,7 @@ def verify_record(
             f"the record says it was prepared at {header.prepared_at.isoformat()}, later than this node's clock "
             f"allows ({now.isoformat()} + {CLOCK_SKEW}); check the signer's clock",
         )
-    record = SignedRecord(
-        message_id=header.message_id,
-        message_type=header.message_type,
-        sender=header.sender,
-        recipients=header.recipients,
-        prepared_at=header.prepared_at,
-        kid=signer.key.kid,
-        jws=token,
-        digest=hashlib.sha256(token).digest(),
-    )
-    return VerifiedRecord(message, record, signer)
+    return signer
 
 
 @dataclass(frozen=True, slots=True)

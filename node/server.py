@@ -41,6 +41,8 @@ from .deciding import Recognition, agreements_of, rules_of
 from .ingest import Ingest
 from .jobs import Jobs
 from .metrics import NodeMetrics
+from .national import NationalSystem
+from .outbound import Adapters, build_adapters
 from .partners import Partners
 from .receiving import Receiver
 from .records import RecordSigner
@@ -168,12 +170,25 @@ class Node:
         self._opened.push_async_callback(recognition.close)
         ingest = Ingest(store, signing, router, config.office, self.metrics)
         ingest.on_stored = receiver.on_stored = recognition.observe
+        access = Access(store)
+        unsealing = Unsealing(config.node_id, config.office, store, signing, router, recognition, self.metrics)
+        national = NationalSystem(store, ingest, router, recognition, unsealing, self.metrics)
+        adapters = Adapters.of(
+            build_adapters(config), config.node_id, store, self.metrics,
+            retry_min_seconds=settings.retry_min_seconds, retry_max_seconds=settings.retry_max_seconds,
+        )
+
+        def committed(count: int, seconds: float) -> None:
+            self.metrics.observe_commit(count, seconds)
+            adapters.committed()
+
+        store.on_commit = committed
 
         api = NodeApi(
             config=config,
             store=store,
             ingest=ingest,
-            access=Access(store),
+            access=access,
             keystore=self.keystore,
             metrics=self.metrics,
             partners=partners,
@@ -181,7 +196,8 @@ class Node:
             deliveries=deliveries,
             router=router,
             recognition=recognition,
-            unsealing=Unsealing(config.node_id, config.office, store, signing, router, recognition, self.metrics),
+            unsealing=unsealing,
+            national=national,
             audit=audit,
             witness=witness,
         )
@@ -198,6 +214,20 @@ class Node:
         await site.start()
         sockets = getattr(site._server, "sockets", None) or []  # the only way to learn port 0's choice
         self.port = sockets[0].getsockname()[1] if sockets else config.port
+
+        if config.mqtt is not None:
+            # Gateways over MQTT (`mrx.adapters.mqtt`): stopped before the HTTP listener, so that
+            # messages being stored commit and are acknowledged while the store is still there.
+            from mrx.adapters.mqtt import LockListener
+
+            listener = LockListener.of(config, ingest=ingest, access=access, store=store, metrics=self.metrics)
+            await listener.start()
+            self._opened.push_async_callback(listener.stop)
+            unsealing.on_issued = listener.authorised
+
+        # National-system adapters: inbound work and outbound feeds, once the node answers.
+        await adapters.start(national, self.metrics)
+        self._opened.push_async_callback(adapters.stop)
 
         # Exchange starts once the node can answer: partners that pull from us
         # or push receipts back find it up. Keys first, so that what the first

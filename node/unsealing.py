@@ -74,6 +74,8 @@ class Unsealing:
         self._recognition = recognition
         self._metrics = metrics
         self._clock = clock
+        # Told of each authorisation after its commit: the MQTT listener pushes it to the lock's gateway.
+        self.on_issued: Callable[[UnsealAuthorization, SignedRecord], None] | None = None
 
     async def authorise(self, request: UnsealAuthorizationIn) -> tuple[UnsealAuthorization, SignedRecord]:
         if request.valid_to <= self._clock():
@@ -100,4 +102,6 @@ class Unsealing:
         await self._store.store_made(signed, body)
         self._metrics.unseal_authorizations.inc()
         self._recognition.observe([(signed.message_id, self._node_id, body)])
+        if self.on_issued is not None:
+            self.on_issued(body, signed)
         return body, signed

@@ -249,9 +249,9 @@ class Cosigning:
 
     async def _ask(self, partner: Partner, key: VerifierKey, size: int, note: str) -> None:
         old = await self._store.log_read(lambda db: sqlite_log.cosigned_size(db, key.name))
+        if old >= size:
+            return
         for _ in range(2):
-            if old >= size:
-                return
             proof = await self._audit.consistency(old, size) if old else []
             body = AddCheckpoint(old, tuple(proof), note).body()
             async with self._session.post(partner.base_url + WITNESS_PATH, data=body,
@@ -260,7 +260,10 @@ class Cosigning:
                 status = response.status
             if status == 409 and DECIMAL.fullmatch(text.strip()):
                 held = int(text.strip())
-                if held >= size:
+                # The witness holding this very size cosigned this checkpoint already (its answer was lost, or
+                # the request arrived twice): asked from that size, it cosigns it again. A larger size, or a 409
+                # to a request from the size it holds (another root at that size), is another history.
+                if held > size or held == old:
                     self._metrics.cosignatures.labels(partner.node_id, "conflict").inc()
                     log.error("witness %s holds a checkpoint of size %d of this log, and this log offers %d: "
                               "this log was rolled back or forked; see docs/audit.md", partner.node_id, held, size)

@@ -180,6 +180,18 @@ def decode_root(root: etree._Element) -> Message:
     return message
 
 
+def decode_header(data: bytes, *, max_bytes: int = MAX_BYTES) -> Header:
+    """The header of untrusted XML bytes, parsed hardened and the whole document validated.
+
+    For an auditor's check of a record the node already accepted: the XSD
+    still validates the body, but the body is not read into values, so its
+    identifiers' check digits are not re-checked (`decode` does that).
+    """
+    root = parse(data, max_bytes=max_bytes)
+    validate(root)
+    return _read_header(_Cursor(root[0]))  # the XSD puts Header first
+
+
 def peek_message_id(root: etree._Element) -> UUID | None:
     """``Header/MessageID`` of a parsed document that may be invalid, if it can be read.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import random
 
 import pytest
 from mrx.node import merkle
@@ -137,6 +138,35 @@ def test_inclusion_proofs_for_every_leaf_of_every_size(grown) -> None:
             leaf = merkle.leaf_hash(leaves[index])
             merkle.verify_inclusion(leaf, index, size, proof, root)
             InclusionProof(index, size, proof).check(leaf, root)  # tlog-scales agrees
+
+
+def test_the_shared_inclusion_verifier_agrees_for_every_leaf_of_every_size(grown) -> None:
+    """Leaves in a scrambled order, so that most proofs stop at a subtree an earlier one proved."""
+    leaves, tiles, _ = grown
+    order = random.Random(6962)
+    for size in range(1, MAX_SIZE + 1):
+        verifier = merkle.InclusionVerifier(size, ref_mth(0, size))
+        indices = list(range(size))
+        order.shuffle(indices)
+        for index in indices:
+            verifier.verify(merkle.leaf_hash(leaves[index]), index, merkle.inclusion_proof(tiles, index, size))
+
+
+@pytest.mark.parametrize("size", [2, 7, 256, 300])
+def test_a_warm_shared_verifier_still_refuses_a_wrong_leaf_or_index(grown, size: int) -> None:
+    leaves, tiles, _ = grown
+    verifier = merkle.InclusionVerifier(size, ref_mth(0, size))
+    for index in range(size):  # every path proven
+        verifier.verify(merkle.leaf_hash(leaves[index]), index, merkle.inclusion_proof(tiles, index, size))
+    other = merkle.leaf_hash(b"a record that was never logged")
+    for index in range(size):
+        proof = merkle.inclusion_proof(tiles, index, size)
+        with pytest.raises(ProofError):
+            verifier.verify(other, index, proof)
+        with pytest.raises(ProofError):
+            verifier.verify(merkle.leaf_hash(leaves[index]), (index + 1) % size, proof)
+    with pytest.raises(ProofError):
+        verifier.verify(merkle.leaf_hash(leaves[0]), size, [])
 
 
 def test_consistency_proofs_for_every_pair_of_sizes(grown) -> None:

@@ -14,7 +14,7 @@ from tests.nodeproc import NodeProcess
 
 def _server_routes() -> set[tuple[str, str]]:
     api = NodeApi(config=None, store=None, ingest=None, access=None, keystore=None, metrics=None,  # type: ignore[arg-type]
-        partners=None, receiver=None, deliveries=None, router=None, recognition=None, unsealing=None, audit=None, witness=None,  # type: ignore[arg-type]
+        partners=None, receiver=None, deliveries=None, router=None, recognition=None, unsealing=None, national=None, audit=None, witness=None,  # type: ignore[arg-type]
     )
     return {(route.method.lower(), route.path) for route in api.routes()}
 
