@@ -199,23 +199,7 @@ class ProofError(Exception):
 
 def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes) -> None:
     """RFC 9162 §2.1.3.2: `ProofError` unless ``proof`` shows leaf hash ``leaf`` at ``index`` under ``root``."""
-    if index >= size or index < 0:
-        raise ProofError(f"leaf index {index} is not below the tree size {size}")
-    fn, sn, r = index, size - 1, leaf
-    for p in proof:
-        if sn == 0:
-            raise ProofError("the inclusion proof is longer than the tree is high")
-        if fn & 1 or fn == sn:
-            r = node_hash(p, r)
-            while not fn & 1 and fn:
-                fn, sn = fn >> 1, sn >> 1
-        else:
-            r = node_hash(r, p)
-        fn, sn = fn >> 1, sn >> 1
-    if sn != 0:
-        raise ProofError("the inclusion proof is shorter than the tree is high")
-    if r != root:
-        raise ProofError(f"the inclusion proof leads to root {r.hex()}, not {root.hex()}")
+    InclusionVerifier(size, root).verify(leaf, index, proof)  # nothing proven yet: the RFC's algorithm, whole
 
 
 class InclusionVerifier:
