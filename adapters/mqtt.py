@@ -83,9 +83,9 @@ The reader takes every whole message that has arrived, checks it, and hands
 each gateway's events to ``Ingest.seal_events`` in one call (at most
 ``max_batch_events``), so one-event messages are signed and committed
 together as an HTTP batch is; results are split back per message. At most
-four such calls run at once (as four HTTP connections would); what arrives
-meanwhile makes the next batch, so under load batches grow by themselves
-and at light load a message goes alone, at once.
+three such calls run at once (one being validated, one signed, one
+committed); what arrives meanwhile makes the next batch, so under load
+batches grow by themselves and at light load a message goes alone, at once.
 
 Unseal authorisations
 ---------------------
@@ -127,6 +127,7 @@ from mrx.node.ingest import EventResult, Ingest
 from mrx.node.inputs import TOKEN
 from mrx.node.metrics import NodeMetrics
 from mrx.node.problems import FieldError, Problem
+from mrx.node.readmodel import iso
 from mrx.node.storage import SignedRecord, Store, TimelineKey
 from mrx.schemas.messages import UnsealAuthorization
 
@@ -138,7 +139,7 @@ _REDELIVER_MAX_SECONDS = 60.0
 _OUTGOING_QUEUE = 10_000  # problems and instructions paho may hold while the broker is away
 _READ_BURST = 256  # messages read in one go before they are taken
 _RECV_BYTES = 256 * 1024
-_STORING = 4  # seal_events calls at once, as an HTTP gateway's four connections would make
+_STORING = 3  # seal_events calls at once: one validating, one signing, one committing
 
 
 def _logged(callback: Callable[..., None]) -> Callable[..., None]:
@@ -152,10 +153,6 @@ def _logged(callback: Callable[..., None]) -> Callable[..., None]:
             log.exception("MQTT: %s failed", callback.__name__)
 
     return run
-
-
-def _iso(t: datetime) -> str:
-    return t.isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +210,7 @@ class _BufferedSocket:
         self._buffer = b""
         self._at = 0
         self._out = bytearray()
+        self.held = False  # reading paused: paho gets what is buffered, then "nothing yet"
 
     @property
     def buffered(self) -> bool:
@@ -220,6 +218,8 @@ class _BufferedSocket:
 
     def recv(self, size: int) -> bytes:
         if self._at >= len(self._buffer):
+            if self.held:  # paho may read several packets per call; this is where it stops
+                raise BlockingIOError
             self._buffer, self._at = self.sock.recv(_RECV_BYTES), 0  # BlockingIOError when there is nothing
             if not self._buffer:
                 return b""  # the end of the stream
@@ -503,11 +503,13 @@ class LockListener:
     def _pause_reading(self) -> None:
         if self._reading and self._loop is not None and self._sock is not None:
             self._loop.remove_reader(self._sock)
+            self._sock.held = True
             self._reading = False
 
     def _resume_reading(self) -> None:
         if not self._reading and self._loop is not None and self._sock is not None:
             self._loop.add_reader(self._sock, self._readable)
+            self._sock.held = False
             self._reading = True
             self._more_buffered()
 
@@ -786,8 +788,8 @@ class LockListener:
             "seal_id": authorisation.seal_id,
             "container": authorisation.container,
             "office": authorisation.office,
-            "valid_from": _iso(authorisation.valid_from),
-            "valid_to": _iso(authorisation.valid_to),
+            "valid_from": iso(authorisation.valid_from),
+            "valid_to": iso(authorisation.valid_to),
             "jws": record.jws.decode("ascii"),
         }
         self._publish(self._topics.instructions(gateway_id), body)

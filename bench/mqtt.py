@@ -15,8 +15,10 @@ with an ``[mqtt]`` section, and a Mosquitto broker of the benchmark's own
 - **HTTP batch ingest**, the reference: ``bench/ingest.py``'s load generator
   (imported, not copied), closed loop, batches of 100, 4 connections, into
   the node. Figure: accepted events/s in the window.
-- **MQTT throughput**: a publisher in its own process (paho, MQTT 5, QoS 1,
-  one event per message by default, ``--mqtt-batch``) publishes the same
+- **MQTT throughput**: a publisher in its own process (`Gateways`: a bare
+  MQTT 3.1.1 client whose PUBLISH packets are encoded before the clock
+  starts, as ``ingest.py`` builds its HTTP bodies; QoS 1, one event per
+  message by default, ``--mqtt-batch``) publishes the same
   kind of events as the HTTP load on the gateway's events topic, at an
   offered rate of ``--offered`` (1.25) × the HTTP figure just measured, so
   that the listener is saturated without the publisher taking more of the
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import importlib.metadata
 import math
 import multiprocessing
 import os
@@ -51,9 +54,11 @@ import secrets
 import shutil
 import socket
 import sqlite3
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, closing
@@ -68,10 +73,6 @@ if str(ROOT) not in sys.path:  # run as a script: make `bench` and `tests` impor
     sys.path.insert(0, str(ROOT))
 
 try:
-    import paho.mqtt as paho_mqtt
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
-
     from bench.exchange import _sample, _wall, scrape
     from bench.ingest import (
         Bench,
@@ -160,6 +161,66 @@ class Published:
     wall: float  # first publish to the last PUBACK from the broker
 
 
+def _remaining_length(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        n, digit = divmod(n, 128)
+        out.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _packet(first: int, body: bytes) -> bytes:
+    return bytes([first]) + _remaining_length(len(body)) + body
+
+
+def _string(text: bytes) -> bytes:
+    return struct.pack("!H", len(text)) + text
+
+
+class Gateways:
+    """The load's MQTT side: a bare MQTT 3.1.1 client over a plain socket, every PUBLISH encoded beforehand.
+
+    A gateway library would do more per message; the benchmark's client should
+    cost the shared machine as little as ``ingest.py``'s pre-built HTTP bodies do,
+    so that the figures are the node's. QoS 1; PUBACKs are counted by a reader thread.
+    """
+
+    def __init__(self, host: str, port: int, client_id: str) -> None:
+        self.sock = socket.create_connection((host, port), timeout=30)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        connect = _string(b"MQTT") + bytes([4, 0x02]) + struct.pack("!H", 0) + _string(client_id.encode())
+        self.sock.sendall(_packet(0x10, connect))  # clean session, no keepalive
+        connack = self.sock.recv(4)
+        if len(connack) != 4 or connack[0] != 0x20 or connack[3] != 0:
+            raise RuntimeError(f"the broker refused the benchmark's connection: {connack!r}")
+        self.sock.settimeout(None)
+        self.acknowledged = 0
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        pending = 0
+        while data := self.sock.recv(65536):
+            pending += len(data)  # only PUBACKs come back: four bytes each
+            self.acknowledged, pending = self.acknowledged + pending // 4, pending % 4
+
+    @staticmethod
+    def publishes(topic: str, bodies: Sequence[bytes]) -> list[bytes]:
+        head = _string(topic.encode())
+        return [_packet(0x32, head + struct.pack("!H", n % 65535 + 1) + body) for n, body in enumerate(bodies)]
+
+    def send(self, packets: Sequence[bytes]) -> None:
+        self.sock.sendall(b"".join(packets))
+
+    def close(self) -> None:
+        try:
+            self.sock.sendall(b"\xe0\x00")  # DISCONNECT
+        finally:
+            self.sock.close()
+            self._reader.join(5)
+
+
 def _publisher_process(conn: Connection) -> None:
     """Serve `PublishSpec` → "ready" → "go" → `Published` (or an error string) until None."""
     while (spec := conn.recv()) is not None:
@@ -170,34 +231,30 @@ def _publisher_process(conn: Connection) -> None:
                 bodies = [event.encode() for event in writer.events(messages)]
             else:
                 bodies = writer.bodies(spec.batch, messages)
-            client = paho.Client(
-                CallbackAPIVersion.VERSION2, client_id=f"mrx-bench-{spec.namespace}", protocol=paho.MQTTv311
-            )
-            client.max_inflight_messages_set(1000)
-            client.max_queued_messages_set(0)
-            client.connect(spec.host, spec.port)
-            client.loop_start()
+            packets = Gateways.publishes(spec.topic, bodies)
+            gateways = Gateways(spec.host, spec.port, f"mrx-bench-{spec.namespace}")
             conn.send("ready")
             if conn.recv() != "go":
-                client.disconnect()
-                client.loop_stop()
+                gateways.close()
                 continue
             interval = spec.batch / spec.rate
             cpu0, t0, wall0 = time.process_time(), time.perf_counter(), time.time()
-            infos = []
-            behind = 0.0
-            for n, body in enumerate(bodies):
-                due = t0 + n * interval
-                ahead = due - time.perf_counter()
-                if ahead > 0.001:  # sleep in steps of a millisecond or more: a publish is cheaper than a sleep
-                    time.sleep(ahead)
-                infos.append(client.publish(spec.topic, body, qos=1))
-            behind = time.perf_counter() - (t0 + (len(bodies) - 1) * interval)
-            for info in infos:
-                info.wait_for_publish(120)
+            sent = 0
+            while sent < len(packets):
+                due = min(len(packets), int((time.perf_counter() - t0) / interval) + 1)  # all whose time has come
+                if due > sent:
+                    gateways.send(packets[sent:due])
+                    sent = due
+                else:  # until the next one is due, a millisecond at most
+                    time.sleep(max(0.0, min(0.001, t0 + sent * interval - time.perf_counter())))
+            behind = time.perf_counter() - (t0 + (len(packets) - 1) * interval)
+            deadline = time.perf_counter() + 120
+            while gateways.acknowledged < len(packets) and time.perf_counter() < deadline:
+                time.sleep(0.005)
+            if gateways.acknowledged < len(packets):
+                raise RuntimeError(f"the broker acknowledged {gateways.acknowledged} of {len(packets)} messages")
             wall = time.perf_counter() - t0
-            client.disconnect()
-            client.loop_stop()
+            gateways.close()
             conn.send(Published(wall0, len(bodies) * spec.batch, len(bodies), behind, time.process_time() - cpu0, wall))
         except Exception as exc:  # reported to the orchestrator, which stops the benchmark
             conn.send(f"{type(exc).__name__}: {exc}")
@@ -464,7 +521,9 @@ def _report(
         "started_at": started_at.isoformat(),
         "machine": {"cpus": os.cpu_count(), "load_average_1m": load_average, "platform": platform.platform()},
         "versions": {
-            "python": platform.python_version(), "paho_mqtt": paho_mqtt.__version__, "mosquitto": _mosquitto_version()
+            "python": platform.python_version(),
+            "paho_mqtt": importlib.metadata.version("paho-mqtt"),
+            "mosquitto": _mosquitto_version(),
         },
         "settings": {
             "duration_s": args.duration, "warmup_s": args.warmup, "repeat": args.repeat, "offered_factor": args.offered,
@@ -526,7 +585,7 @@ def render(report: dict[str, Any]) -> str:
         f"  load {report['machine']['load_average_1m']:.2f}  Python {report['versions']['python']}"
         f"  Mosquitto {report['versions']['mosquitto']}",
         f"{s['duration_s']:g} s per run after {s['warmup_s']:g} s warm-up, {s['repeat']} repeat(s): medians;"
-        f" MQTT 5, QoS 1, {per_message} per message, max_inflight {s['max_inflight']}",
+        f" MQTT 3.1.1, QoS 1, {per_message} per message, max_inflight {s['max_inflight']}",
         "",
         f"  {'':<44}{'events/s':>10}{'node CPU µs/event':>19}",
         f"  {'HTTP batch ingest (100 per POST, ' + str(s['http_connections']) + ' connections)':<44}"
@@ -572,8 +631,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--offered", type=float, default=1.25, help="MQTT offered rate ÷ the HTTP figure (1.25)")
     parser.add_argument("--rate", type=float, default=500.0, help="offered events/s, MQTT latency run (500)")
     parser.add_argument("--mqtt-batch", type=int, default=1, help="events per MQTT message (1)")
-    parser.add_argument("--max-inflight", type=int, help="the node's [mqtt] max_inflight (default: as many events"
-                        " as the HTTP load has in flight, --connections-100 × 100)")
+    parser.add_argument("--max-inflight", type=int, default=1000,
+                        help="the node's [mqtt] max_inflight (1000, the broker's max_inflight_messages)")
     parser.add_argument("--broker", metavar="HOST:PORT", help="use this broker (anonymous) instead of starting one")
     parser.add_argument("--drain-timeout", type=float, default=300.0, help="longest wait for the backlog, s (300)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
@@ -582,8 +641,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the node's directory afterwards")
     args = parser.parse_args(argv)
     run_defaults(args)
-    if args.max_inflight is None:
-        args.max_inflight = args.connections_100 * 100
     if (args.duration <= 0 or args.warmup < 0 or args.repeat < 1 or args.rate <= 0 or args.offered <= 0
             or not 1 <= args.mqtt_batch <= 500):  # fmt: skip
         parser.error("--duration, --rate, --offered positive, --warmup not negative, --repeat ≥ 1, --mqtt-batch 1–500")

@@ -114,6 +114,9 @@ class Broker:
             "persistence true\n"
             f"persistence_location {directory / 'data'}/\n"
             "max_queued_messages 100000\n"
+            "max_inflight_messages 1000\n"
+            "retain_available false\n"
+            "max_packet_size 1200000\n"
             "log_dest stderr\n"
             "log_type error\nlog_type warning\n"
         )
@@ -488,9 +491,12 @@ def acl_node(tmp_path: Path, own_broker: Broker) -> Iterator[MqttNode]:
         node_dir, "127.0.0.1", own_broker.port, "mrx", username=NODE_USER, password_file="mqtt-password",
         max_inflight=20,
     )
-    with NodeProcess(node_dir) as node:
-        wait_subscribed(node)
-        yield MqttNode(node, node_dir, "mrx", "127.0.0.1", own_broker.port)
+    running = MqttNode(NodeProcess(node_dir).start(), node_dir, "mrx", "127.0.0.1", own_broker.port)
+    try:
+        wait_subscribed(running.node)
+        yield running
+    finally:
+        running.node.stop()  # the one running now: a test may have killed and restarted it
 
 
 def test_broker_acl_stops_a_gateway_publishing_on_another_gateways_topic(acl_node: MqttNode) -> None:
@@ -551,6 +557,31 @@ def test_broker_restart_during_a_stream_loses_and_doubles_nothing(acl_node: Mqtt
         assert messages(acl_node.node, "refused") == 0
     finally:
         streaming.join()
+        gw1.close()
+
+
+def test_node_killed_during_a_stream_stores_everything_once_when_it_returns(
+    acl_node: MqttNode, own_broker: Broker
+) -> None:
+    """SIGKILL the node mid-stream: what it had not acknowledged the broker keeps in its session, and sends again."""
+    lock, count = "LK-CN-3001", 300
+    events = [factories.seal_event(seq=s, lock=lock, type="sealed" if s == 1 else "position") for s in range(1, count + 1)]
+    gw1 = Gateway("127.0.0.1", own_broker.port, "mrx", "GW-1", username="GW-1", password="gw1-secret", listen=())
+    try:
+        for event in events[:150]:
+            gw1.client.publish("mrx/gateways/GW-1/events", json.dumps(event).encode(), qos=1)
+        _poll(lambda: len(lock_events(acl_node, lock)) >= 20, "the stream to be under way")
+        acl_node.node.kill()  # no shutdown: messages taken but not acknowledged stay with the broker
+        for event in events[150:]:  # published while the node is down: queued in its session
+            gw1.publish(event)
+        acl_node.node = NodeProcess(acl_node.dir).start()
+        stored = _poll(
+            lambda: (found := lock_events(acl_node, lock)) and len(found) >= count and found, f"{count} events",
+            lambda: f"({len(lock_events(acl_node, lock))} stored)\n{acl_node.node.stderr()[-3000:]}",
+        )
+        assert [e["seq"] for e in stored] == list(range(1, count + 1))  # each exactly once
+        assert sorted(e["event_id"] for e in stored) == sorted(e["event_id"] for e in events)
+    finally:
         gw1.close()
 
 
