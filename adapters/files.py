@@ -65,6 +65,7 @@ from typing import Any
 from pydantic import Field
 
 from mrx.node.problems import Problem
+from mrx.node.readmodel import iso
 from mrx.schemas.messages import ControlResult
 
 from . import ncts
@@ -103,7 +104,7 @@ class FileReport:
     def json(self) -> dict[str, Any]:
         return {
             "file": self.name,
-            "processed_at": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "processed_at": iso(datetime.now(timezone.utc).replace(microsecond=0)),
             "accepted": len(self.accepted),
             "accepted_lines": [n for n in self.accepted if n is not None],
             "errors": [{"line": e.line, "code": e.code, "detail": e.detail} for e in self.errors],

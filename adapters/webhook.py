@@ -42,6 +42,8 @@ from typing import Any
 import aiohttp
 from pydantic import Field
 
+from mrx.node.readmodel import iso
+
 from .interface import KINDS, AdapterConfigError, AdapterContext, DeliveryFailed, NationalInbound, Options, Outbound
 
 RETRIED_STATUSES = frozenset({408, 425, 429})
@@ -68,7 +70,7 @@ def event_body(event: Outbound) -> bytes:
             "message_id": event.message_id,
             "message_type": event.message.header.message_type,
             "sender": event.sender,
-            "prepared_at": event.prepared_at.isoformat().replace("+00:00", "Z"),
+            "prepared_at": iso(event.prepared_at),
             "seq": event.seq,
             "record": event.jws.decode("ascii"),
             "xml": event.xml.decode("utf-8"),

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sqlite3
 from collections.abc import Awaitable, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -49,7 +50,8 @@ from .metrics import NodeMetrics
 from .problems import Problem
 from .storage import sqlite_adapters
 from .storage.sqlite import SqliteStore
-from .storage.sqlite_adapters import PendingRecord
+from .storage.sqlite_adapters import Cursor, PendingRecord
+from .storage.sqlite_rows import ts
 
 log = logging.getLogger(__name__)
 
@@ -85,17 +87,19 @@ class Feed:
 
     async def _run(self) -> None:
         name = self.adapter.name
+        gauged = -SWEEP_SECONDS
         while True:
             self._wake.clear()
-            cursor = await self._store.log_read(lambda db: sqlite_adapters.cursor(db, name))
-            batch = await self._store.log_read(
-                lambda db: sqlite_adapters.pending(db, cursor.delivered_seq, self._types, BATCH)
-            )
-            backlog = await self._store.log_read(
-                lambda db: sqlite_adapters.backlog(db, cursor.delivered_seq, self._types)
-            )
-            self._metrics.adapter_backlog.labels(name).set(backlog)
+            cursor, batch = await self._store.log_read(self._next_batch)
+            loop_time = asyncio.get_running_loop().time()
+            if loop_time - gauged >= SWEEP_SECONDS:  # a count over the backlog: not on every batch
+                gauged = loop_time
+                backlog = await self._store.log_read(
+                    lambda db: sqlite_adapters.backlog(db, cursor.delivered_seq, self._types)
+                )
+                self._metrics.adapter_backlog.labels(name).set(backlog)
             if not batch:
+                self._metrics.adapter_backlog.labels(name).set(0)
                 try:
                     await asyncio.wait_for(self._wake.wait(), SWEEP_SECONDS)
                 except TimeoutError:
@@ -108,6 +112,11 @@ class Feed:
                     await asyncio.sleep(self._backoff(attempts))
                     break
                 attempts = 0
+
+    def _next_batch(self, db: sqlite3.Connection) -> tuple[Cursor, list[PendingRecord]]:
+        """The adapter's cursor and the records after it, in one read."""
+        cursor = sqlite_adapters.cursor(db, self.adapter.name)
+        return cursor, sqlite_adapters.pending(db, cursor.delivered_seq, self._types, BATCH)
 
     async def _offer(self, record: PendingRecord) -> bool:
         """Deliver one record; True if the cursor moved past it."""
@@ -231,4 +240,4 @@ class _Counted:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return ts(datetime.now(timezone.utc))
