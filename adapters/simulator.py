@@ -127,6 +127,7 @@ from mrx.schemas.identifiers import iso6346_check_digit, luhn_check_digit
 NAMESPACE = uuid5(NAMESPACE_URL, "urn:mrx:simulator")
 DEFAULT_START = datetime(2026, 11, 22, tzinfo=timezone.utc)  # the corridor's reference day in docs/ and tests
 LOW_BATTERY = 15  # EAEU navigation-seal event 05: battery below 15 %
+LONG_RUN = timedelta(hours=12)  # a run this long may cross a radio dead zone, or see a lock tampered with
 
 
 # -- the corridor --------------------------------------------------------------
@@ -346,12 +347,24 @@ def journeys(
     tamper_rate: float = 0.02,
     unseal_rate: float = 0.05,
     lock_prefix: str = "LK-CQ-",
+    time_scale: float = 1.0,
+    tampered: Mapping[int, str] | None = None,
+    unsealed: Mapping[int, str] | None = None,
 ) -> list[Journey]:
     """``containers`` journeys of trains leaving Chongqing from ``start`` on; the same arguments, the same bytes.
 
     ``gap_rate`` is the chance that a train crosses a radio dead zone on each
     long leg; ``tamper_rate`` and ``unseal_rate`` the chance per container
     of a tamper report and of an authorised opening at an intermediate border.
+
+    ``time_scale`` compresses the timetable (running and dwell times, the
+    interval between trains) for a time-lapse: ``1/15`` plays the fortnight
+    from Chongqing to Duisburg in about a day. The locks keep their
+    ``report_every``. ``tampered`` (container index → the stop the train is
+    running to when the lock is tampered with, e.g. ``"CNAKL"``) and
+    ``unsealed`` (container index → office in `UNSEAL_OFFICES`) script what a
+    demo or a test wants to happen, on top of the random rates; a
+    container's identifiers do not depend on either.
     """
     if start.tzinfo is None:
         raise ValueError("start needs a time zone, e.g. 2026-11-22T00:00:00Z")
@@ -362,6 +375,16 @@ def journeys(
     for name, rate in (("gap_rate", gap_rate), ("tamper_rate", tamper_rate), ("unseal_rate", unseal_rate)):
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"{name} must be between 0 and 1")
+    if not 0.0 < time_scale <= 1.0:
+        raise ValueError("time_scale must be above 0 and at most 1 (1: the real timetable)")
+    unsealed, tampered = dict(unsealed or {}), dict(tampered or {})
+    for stop in tampered.values():
+        if stop not in OFFICES[1:]:
+            raise ValueError(f"a lock is tampered with on the run to a stop ({', '.join(OFFICES[1:])}), not {stop!r}")
+    for office in unsealed.values():
+        if office not in UNSEAL_OFFICES:
+            raise ValueError(f"a container is opened only at an intermediate border ({', '.join(UNSEAL_OFFICES)}), "
+                             f"not {office!r}")
     start = start.astimezone(timezone.utc).replace(microsecond=0)
     key = f"{seed}/{rfc3339(start)}"
     trains: dict[int, _Train] = {}
@@ -369,8 +392,10 @@ def journeys(
     for index in range(containers):
         number = index // train_size
         if number not in trains:
-            trains[number] = _Train.plan(key, number, start + train_interval * number, report_every, gap_rate)
-        plan = _ContainerPlan(key, index, trains[number], report_every, tamper_rate, unseal_rate, lock_prefix)
+            departs = start + train_interval * time_scale * number
+            trains[number] = _Train.plan(key, number, departs, report_every, gap_rate, time_scale)
+        script = _Script(tampered.get(index), unsealed.get(index))
+        plan = _ContainerPlan(key, index, trains[number], report_every, tamper_rate, unseal_rate, lock_prefix, script)
         out.append(plan.journey())
     return out
 
@@ -446,32 +471,35 @@ class _Train:
     gaps: tuple[tuple[datetime, datetime], ...]
     transships: tuple[datetime, ...]  # when the container changes wagon, in order
     wagon_countries: tuple[str, ...]
+    scale: float = 1.0  # the time-lapse of `journeys`
 
     @classmethod
-    def plan(cls, key: str, number: int, departs: datetime, report_every: timedelta, gap_rate: float) -> _Train:
+    def plan(
+        cls, key: str, number: int, departs: datetime, report_every: timedelta, gap_rate: float, scale: float = 1.0
+    ) -> _Train:
         rng = random.Random(f"{key}/train/{number}")
-        loading = timedelta(hours=rng.uniform(*DWELL_HOURS[ORIGIN.locode]))
+        loading = timedelta(hours=rng.uniform(*DWELL_HOURS[ORIGIN.locode]) * scale)
         stops = [_Stop(ORIGIN, departs - loading, departs)]
         runs: list[_Run] = []
         gaps: list[tuple[datetime, datetime]] = []
         here, now = ORIGIN, departs
         for leg in CORRIDOR:
-            arrive = now + timedelta(hours=rng.uniform(*leg.hours))
+            arrive = now + timedelta(hours=rng.uniform(*leg.hours) * scale)
             run = _Run.of(now, arrive, [(here.lat, here.lon), *leg.via, (leg.to.lat, leg.to.lon)])
             runs.append(run)
-            margin = timedelta(hours=1)
-            if rng.random() < gap_rate and arrive - now >= timedelta(hours=12):
+            margin = timedelta(hours=scale)
+            if rng.random() < gap_rate and arrive - now >= LONG_RUN * scale:
                 length = report_every * rng.uniform(2.5, 10.0)
                 room = (arrive - now) - length - 2 * margin
                 if room > timedelta(0):
                     begin = now + margin + room * rng.random()
                     gaps.append((_second(begin), _second(begin + length)))
-            dwell = timedelta(hours=rng.uniform(*DWELL_HOURS[leg.to.locode]))
+            dwell = timedelta(hours=rng.uniform(*DWELL_HOURS[leg.to.locode]) * scale)
             stops.append(_Stop(leg.to, arrive, arrive + dwell))
             here, now = leg.to, arrive + dwell
         transships = tuple(s.arrive + (s.depart - s.arrive) / 2 for s in stops if s.place.locode in TRANSSHIPMENTS)
         countries = tuple(rng.choice(options) for options in WAGON_COUNTRIES)
-        return cls(f"X{8001 + number}", tuple(stops), tuple(runs), tuple(gaps), transships, countries)
+        return cls(f"X{8001 + number}", tuple(stops), tuple(runs), tuple(gaps), transships, countries, scale)
 
     def where(self, moment: datetime) -> tuple[str | None, float, float]:
         """(UN/LOCODE if standing at a stop, latitude, longitude) of the train at ``moment``."""
@@ -489,6 +517,14 @@ class _Train:
         return any(begin <= moment <= end for begin, end in self.gaps)
 
 
+@dataclass(frozen=True, slots=True)
+class _Script:
+    """What a caller of `journeys` wants to happen to one container, whatever the dice say."""
+
+    tamper_before: str | None = None  # the stop the train runs to when the lock is tampered with
+    unseal_at: str | None = None  # an office in UNSEAL_OFFICES
+
+
 @dataclass(slots=True)
 class _Happening:
     """An event planned in device time, before sequence numbers are given."""
@@ -503,7 +539,7 @@ class _ContainerPlan:
 
     def __init__(
         self, key: str, index: int, train: _Train, report_every: timedelta, tamper_rate: float, unseal_rate: float,
-        lock_prefix: str,
+        lock_prefix: str, script: _Script = _Script(),
     ) -> None:
         self.key = f"{key}/{index}"
         self.index = index
@@ -520,25 +556,28 @@ class _ContainerPlan:
         self.cim = f"33-{rng.choice(CIM_STATIONS)}-{number}{luhn_check_digit(number)}"
         self.wagons = tuple(self._wagon(country) for country in train.wagon_countries)
         self.battery = rng.uniform(55.0, 100.0)
-        self.drain = rng.uniform(0.05, 0.2)  # percent per hour
+        self.drain = rng.uniform(0.05, 0.2) / train.scale  # percent per hour (of the time-lapse)
         origin = train.stops[0]
         self.sealed_at = _second(origin.arrive + (origin.depart - origin.arrive) * rng.uniform(0.05, 0.6))
         self.end = _second(train.stops[-1].depart)
-        self.tamper = rng.random() < tamper_rate
-        self.unseal = rng.random() < unseal_rate
-        self.tamper_at = self._tamper_time() if self.tamper else None
-        self.unseal_stop = self._unseal_stop() if self.unseal else None
+        self.tamper = rng.random() < tamper_rate or script.tamper_before is not None
+        self.unseal = rng.random() < unseal_rate or script.unseal_at is not None
+        self.tamper_at = self._tamper_time(script.tamper_before) if self.tamper else None
+        self.unseal_stop = self._unseal_stop(script.unseal_at) if self.unseal else None
 
     def _wagon(self, country: str) -> str:
         body = f"31{country}{self.rng.randrange(10**7):07d}"
         return body + str(luhn_check_digit(body))
 
-    def _tamper_time(self) -> datetime:
-        run = self.rng.choice([r for r in self.train.runs if r.end - r.start >= timedelta(hours=12)])
+    def _tamper_time(self, scripted: str | None) -> datetime:
+        run = self.rng.choice([r for r in self.train.runs if r.end - r.start >= LONG_RUN * self.train.scale])
+        if scripted is not None:  # the runs follow CORRIDOR's legs
+            run = self.train.runs[next(i for i, leg in enumerate(CORRIDOR) if leg.to.locode == scripted)]
         return _second(run.start + (run.end - run.start) * self.rng.uniform(0.1, 0.9))
 
-    def _unseal_stop(self) -> tuple[_Stop, datetime, datetime]:
+    def _unseal_stop(self, scripted: str | None) -> tuple[_Stop, datetime, datetime]:
         office = self.rng.choice(UNSEAL_OFFICES)
+        office = scripted or office  # the die is cast either way: the rest of the plan does not depend on a script
         stop = next(s for s in self.train.stops if s.place.locode == office)
         dwell = stop.depart - stop.arrive
         opened = _second(stop.arrive + dwell * self.rng.uniform(0.2, 0.4))

@@ -418,6 +418,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=float, default=0.0, help="journey time per real time: 1 live, 0 (default) at once")
     p.add_argument("--concurrency", type=int, default=8, help="deliveries in flight, one per lock (default 8)")
     p.set_defaults(func=_simulate)
+
+    def _demo(args: argparse.Namespace) -> int:
+        from . import demo  # imported here: it brings the simulator (and paho-mqtt)
+
+        return demo.run(args)
+
+    p = sub.add_parser("demo", help="a working day on the corridor: four nodes, gateways, national systems, an auditor")
+    p.add_argument("--keep", metavar="DIR", help="keep the nodes' directories here (a new or empty directory)")
+    p.add_argument("--containers", type=int, default=30, metavar="N", help="containers on the day (default 30)")
+    p.add_argument("--seed", type=int, default=2026, help="the same seed gives the same day (default 2026)")
+    p.set_defaults(func=_demo)
     return parser
 
 

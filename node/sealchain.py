@@ -13,7 +13,8 @@ verdicts, each with the findings that prove it:
 
 ``BROKEN`` (evidence that the load may have been accessed)
     - the lock reported ``tamper`` or ``housing-breach``, or a seal condition
-      of damaged, missing or broken (UN/EDIFACT 4517 codes 2, 3, 4);
+      of damaged, missing or broken (UN/EDIFACT 4517 codes 2, 3, 4) — one
+      finding per seal: the lock repeats the condition in every later report;
     - the lock was ``opened`` while sealed, or ``unsealed`` without a valid
       authorisation: one that is cited and held, names this lock and seal, covers the
       event's time, is for the office where the event happened, was issued
@@ -349,8 +350,10 @@ class _LockChain:
                 )
             seal = carried
         opened_by: ChainEvent | None = None
+        broken: set[str] = set()  # seals already found broken: a lock repeats the condition in every later report
         for e in self.interval:
             if e.event_type in _BREACHES:
+                broken.add(e.seal_id)
                 out.append(
                     ChainFinding(
                         Finding.TAMPER,
@@ -359,7 +362,8 @@ class _LockChain:
                         (e.message_id,),
                     )
                 )
-            elif e.condition in _BROKEN_CONDITIONS:  # a breach reports its seal's condition too: one finding
+            elif e.condition in _BROKEN_CONDITIONS and e.seal_id not in broken:  # a breach reports it too: one finding
+                broken.add(e.seal_id)
                 out.append(
                     ChainFinding(
                         Finding.BROKEN_CONDITION,

@@ -84,7 +84,7 @@ from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 from yarl import URL
 
-from tests.processes import ServerProcess
+from mrx.node.processes import ServerProcess
 
 FAULT_KINDS: tuple[str, ...] = ("drop", "drop-response", "delay", "duplicate", "reorder", "error")
 CONTROL_PREFIX = "/_faultproxy/"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mrx.node.cli import _add_credential, init_node
-from tests.processes import ServerProcess
+from mrx.node.processes import ServerProcess
 from mrx.node.config import CONFIG_NAME, NodeConfig
 
 

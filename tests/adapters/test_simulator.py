@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -581,3 +581,34 @@ def test_cli_publishes_over_mqtt(broker: tuple[str, int], capsys: pytest.Capture
     out = capsys.readouterr().out
     assert code == 0 and f"{expected} published" in out and " 0 rejected" in out, out
     assert len(received) == expected
+
+
+def test_a_script_says_where_a_lock_is_tampered_with_and_opened_and_a_time_lapse_shortens_the_timetable() -> None:
+    start = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    real = sim.journeys(5, 4, start=start)
+    lapse = sim.journeys(5, 4, start=start, time_scale=1 / 15, tamper_rate=0.0, unseal_rate=0.0,
+                               tampered={1: "CNAKL"}, unsealed={2: "KZDOS"})
+    # The same containers and locks, whatever the script and the time-lapse.
+    assert [(j.container, j.lock_id, j.consignment) for j in real] == [(j.container, j.lock_id, j.consignment)
+                                                                      for j in lapse]
+    span = [(j.events[-1].device_time - j.events[0].device_time).total_seconds() for j in (real[0], lapse[0])]
+    assert 12 < span[0] / span[1] < 18
+
+    tampered = lapse[1]
+    tamper = next(e for e in tampered.events if e.type.value == "tamper")
+    at = {e.location.locode: e.device_time for e in reversed(tampered.events) if e.location.locode}
+    assert at["CNCQI"] < tamper.device_time < at["CNAKL"]  # on the run from Chongqing to Alashankou
+    assert all(e.condition.value == "4" for e in tampered.events if e.seq > tamper.seq)
+
+    (request,) = lapse[2].unseal_requests
+    assert request.office == "KZDOS"
+    opened = next(e for e in lapse[2].events if e.event_id == request.event_id)
+    assert opened.type.value == "unsealed" and opened.location.locode == "KZDOS"
+    assert not lapse[0].unseal_requests and all(e.type.value != "tamper" for e in lapse[0].events)
+
+    with pytest.raises(ValueError, match="run to a stop"):
+        sim.journeys(5, 1, start=start, tampered={0: "CNCQI"})
+    with pytest.raises(ValueError, match="intermediate border"):
+        sim.journeys(5, 1, start=start, unsealed={0: "DEDUI"})
+    with pytest.raises(ValueError, match="time_scale"):
+        sim.journeys(5, 1, start=start, time_scale=2.0)

@@ -447,3 +447,25 @@ def test_a_revocation_after_signing_keeps_the_record_one_backdated_before_it_voi
     assert isinstance(refused, RecordRefusal) and refused.code == "record-key-not-valid"
     story = Story(invalid_signatures={_id("inspection"): f"{refused.code}: {refused.detail}"})
     assert [r.code for r in story.decide().reasons] == [R.SIGNATURE_INVALID]
+
+
+def test_a_seal_reported_broken_in_every_later_report_is_one_reason_with_the_first_report_as_evidence() -> None:
+    events = [
+        replace(e, event_type=SealEventType.TAMPER if e.lock_sequence == 9 else e.event_type,
+                condition=SealConditionCode.BROKEN) if e.lock_sequence >= 9 else e
+        for e in journey()
+    ]
+    later = [e for e in events if e.lock_sequence > 9]
+    assert len(later) >= 2  # the lock goes on reporting the broken seal
+    decision = Story(events=events).decide()
+    assert decision.outcome is NOT
+    assert [r.code for r in decision.reasons] == [R.SEAL_CHAIN_BROKEN]
+    tamper = next(e for e in events if e.lock_sequence == 9)
+    assert tamper.message_id in decision.reasons[0].evidence
+
+    # A seal that goes bad without a tamper report: one reason too, citing the first report that shows it.
+    drifting = _with(journey(), 9, condition=SealConditionCode.DAMAGED)
+    drifting = [replace(e, condition=SealConditionCode.DAMAGED) if e.lock_sequence > 9 else e for e in drifting]
+    reasons = Story(events=drifting).decide().reasons
+    assert [r.code for r in reasons] == [R.SEAL_CHAIN_BROKEN]
+    assert next(e for e in drifting if e.lock_sequence == 9).message_id in reasons[0].evidence

@@ -1,9 +1,9 @@
-"""Servers as separate OS processes, for tests and benchmarks.
+"""Servers as separate OS processes: the nodes of ``mrx demo``, and of the tests and benchmarks.
 
 `ServerProcess` starts a command that prints one ``listening on <URL>`` line
 once it serves, waits for that line and reads the URL from it — so a server
 can bind port 0 and there is no race for a free port — and drains its
-stderr for the test to show when something fails.
+stderr to show when something fails.
 """
 
 from __future__ import annotations
