@@ -230,7 +230,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             raise CommandError(f"--anchor {item!r}: write OWNER=THUMBPRINT, e.g. CN-AKL=Nz1u...")
         anchors.setdefault(owner, []).append(thumbprint)
     try:
-        bundle = json.loads(Path(args.bundle).read_bytes())
+        bundle = evidence.load(Path(args.bundle))
     except (OSError, ValueError) as exc:
         raise CommandError(f"cannot read the bundle {args.bundle}: {exc}") from None
     try:

@@ -213,22 +213,55 @@ def verify_record(
     return VerifiedRecord(message, record, signer)
 
 
-def check_record(
-    token: bytes,
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a record was refused: the stable code and detail of its `JwsError`, `XmlError` or `RecordError`."""
+
+    code: str
+    detail: str
+
+
+def check_records(
+    tokens: Sequence[bytes],
     keys: Callable[[str], TrustedKey | None],
     *,
     max_xml_bytes: int,
     now: datetime | None = None,
-) -> tuple[Header, TrustedKey]:
-    """`verify_record`'s checks for an auditor, about twice as fast: the header and signing key.
+) -> list[tuple[Header, TrustedKey] | Refusal]:
+    """`verify_record`'s checks for an auditor, on many records: each one's header and signing key, or its refusal.
 
     Steps 1 and 3-5 are the same; in step 2 the whole payload is validated
-    against the XSD, but only its header is read (`codec.decode_header`), so
-    the body's identifier check digits are not re-checked. Same exceptions.
+    against the XSD, but only its header is read (`codec.decode_headers`), so
+    the body's identifier check digits are not re-checked. A refused record
+    gets, in its place, the `Refusal` of the first step it fails, with the
+    code and detail `verify_record` would raise.
+
+    Each step runs over all the records before the next one: all signatures
+    (libsodium), then all the XML (libxml2, `codec.decode_headers`), then
+    the header checks, so that each library's code and tables stay in the
+    CPU's caches. On the development machine, 1 KB seal events in batches
+    of 256 take a third less time than one at a time: 129 µs a record
+    against 193 (thread CPU time, median of 7 runs of 4,096 records).
     """
-    verified = verify_compact(token, keys, max_bytes=_max_token_bytes(max_xml_bytes))
-    header = codec.decode_header(verified.payload, max_bytes=max_xml_bytes)
-    return header, _check_signer(verified, header, now)
+    limit = _max_token_bytes(max_xml_bytes)
+    out: dict[int, tuple[Header, TrustedKey] | Refusal] = {}
+    signed: list[tuple[int, VerifiedJws[TrustedKey]]] = []
+    for i, token in enumerate(tokens):
+        try:
+            signed.append((i, verify_compact(token, keys, max_bytes=limit)))
+        except JwsError as error:
+            out[i] = Refusal(error.code, error.detail)
+    headers = codec.decode_headers([verified.payload for _, verified in signed], max_bytes=max_xml_bytes)
+    now = now or datetime.now(timezone.utc)
+    for (i, verified), header in zip(signed, headers, strict=True):
+        if isinstance(header, XmlError):
+            out[i] = Refusal(str(header.code), header.detail)
+            continue
+        try:
+            out[i] = (header, _check_signer(verified, header, now))
+        except RecordError as error:
+            out[i] = Refusal(error.code, error.detail)
+    return [out[i] for i in range(len(tokens))]
 
 
 def _max_token_bytes(max_xml_bytes: int) -> int:
@@ -264,14 +297,6 @@ def _check_signer(verified: VerifiedJws[TrustedKey], header: Header, now: dateti
             f"allows ({now.isoformat()} + {CLOCK_SKEW}); check the signer's clock",
         )
     return signer
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """Why a record was refused: the stable code and detail of its `JwsError`, `XmlError` or `RecordError`."""
-
-    code: str
-    detail: str
 
 
 def verify_records(

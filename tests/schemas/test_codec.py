@@ -313,3 +313,35 @@ def test_peek_message_id_reads_the_id_of_an_invalid_message() -> None:
     assert codec.peek_message_id(root) == SEALED.header.message_id
     assert codec.peek_message_id(etree.fromstring(b"<a/>")) is None
     assert codec.peek_message_id(etree.fromstring(data.replace(b"7c1e2a90-3b5d", b"7C1E2A90-3B5D"))) is None
+
+
+def test_decode_headers_reads_each_header_or_gives_decodes_refusal_in_its_place() -> None:
+    sealed, position = codec.encode(SEALED), codec.encode(corridor.POSITION_AT_DOSTYK)
+    refused = [
+        sealed.replace(b"</Header>", b""),  # not well formed
+        sealed.replace(b"<BatteryPercent>98<", b"<BatteryPercent>998<"),  # against the XSD
+        b'<!DOCTYPE x [<!ENTITY a "b">]>' + sealed[sealed.index(b"\n") + 1 :],
+        sealed[: sealed.index(b"\n") + 1] + b"<Message/>",
+    ]
+    results = codec.decode_headers([sealed, *refused, position])
+    assert results[0] == SEALED.header and results[-1] == corridor.POSITION_AT_DOSTYK.header
+    for data, result in zip(refused, results[1:-1], strict=True):
+        with pytest.raises(XmlError) as raised:
+            codec.decode(data)
+        assert isinstance(result, XmlError)
+        expected = raised.value
+        assert (result.code, result.detail, result.pointer) == (expected.code, expected.detail, expected.pointer)
+    assert [r.code for r in results[1:-1]] == [  # type: ignore[union-attr]
+        XmlErrorCode.MALFORMED, XmlErrorCode.SCHEMA_INVALID, XmlErrorCode.DOCTYPE_FORBIDDEN,
+        XmlErrorCode.UNKNOWN_MESSAGE_TYPE,
+    ]
+
+
+def test_decode_headers_does_not_read_the_body() -> None:
+    """The body is validated, not read: a check digit the XSD cannot see is `decode`'s to refuse."""
+    wrong_digit = corridor.CONTAINER[:-1] + str((int(corridor.CONTAINER[-1]) + 1) % 10)
+    data = codec.encode(SEALED).replace(corridor.CONTAINER.encode(), wrong_digit.encode())
+    assert codec.decode_headers([data]) == [SEALED.header]
+    with pytest.raises(XmlError) as raised:
+        codec.decode(data)
+    assert raised.value.code == XmlErrorCode.IDENTIFIER_INVALID
