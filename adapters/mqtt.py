@@ -14,10 +14,12 @@ Delivery: at least once, acknowledged only after the commit
   every QoS 1 message not yet acknowledged while the node is away, and sends
   them again when it reconnects (MQTT 3.1.1 §4.4).
 - Subscription ``<prefix>/gateways/+/events`` at QoS 1, acknowledgements
-  manual (paho's ``manual_ack``). A message is acknowledged (PUBACK) only
-  after ``Ingest.seal_events`` has returned, which is after the commit; a
-  refused message is answered with a problem and acknowledged, because a
-  message that can never be stored must not come back forever. A message
+  manual (the reader writes each PUBACK itself, below; paho's
+  ``manual_ack`` is on for what paho reads). A message is acknowledged
+  (PUBACK) only after ``Ingest.seal_events`` has returned, which is after
+  the commit; a refused message is answered with a problem and
+  acknowledged, because a message that can never be stored must not come
+  back forever. A message
   that failed for a reason that may pass (the store raised, the node cannot
   sign now: ``5xx`` problems) is *not* acknowledged, and the listener drops
   the connection after a backoff (1 s, doubling to a minute) so that the
@@ -29,22 +31,30 @@ Delivery: at least once, acknowledged only after the commit
   has re-sent it on the new connection and that copy is acknowledged.
 - Repeats are harmless: event IDs are idempotency keys, so a redelivery
   answers ``duplicate`` and stores nothing. Nothing lost, nothing doubled.
+- A gateway that publishes at QoS 0 gets its events stored the same way,
+  but QoS 0 has no acknowledgement and nothing keeps such a message for a
+  node that is away: gateways publish at QoS 1.
 
-Bounded memory: the node reads no further from the broker's connection
-while ``max_inflight`` messages are in it unacknowledged. The rest wait in
-the socket's buffer and at the broker (TCP pushes back), so a flood cannot
-grow a queue in the node. The broker's own window for a 3.1.1 client is its
+Bounded memory: the node takes at most ``max_inflight`` messages that are
+not yet acknowledged, and reads no further from the broker's connection
+while it holds that many. The rest wait in one read's buffer (256 KB), the
+socket's and at the broker (TCP pushes back), so a flood cannot grow a
+queue in the node. The broker's own window for a 3.1.1 client is its
 setting (Mosquitto's ``max_inflight_messages``, default 20): set it to at
 least ``max_inflight`` or it, not the node, caps the rate at about that many
-messages per commit (``deploy/mosquitto/mosquitto.conf``). The largest
-message the node reads is the broker's ``max_packet_size``.
+messages per commit (``deploy/mosquitto/mosquitto.conf``). The window
+bounds the rate too: a message is acknowledged after its commit, so at most
+``max_inflight`` messages are between the broker and a commit, and the
+node's default, 100, is low for a busy node (docs/operations.md has the
+figures). The largest message the node reads is the broker's
+``max_packet_size``.
 
 Why 3.1.1, not MQTT 5: MQTT 5 would let the node announce that window
-(Receive Maximum) and a maximum packet size itself, but paho builds a
-properties object for every MQTT 5 message it decodes, which about doubles
-its cost per message (measured: ~95 against ~50 µs per PUBLISH on the
-2-core build machine), and that cost is on the node's event loop. The
-broker settings above give the same bounds.
+(Receive Maximum) and a maximum packet size itself; the broker settings
+above give the same bounds, and a 3.1.1 PUBLISH has no properties section
+for the reader to parse (paho, which decoded every message when this was
+chosen, builds a properties object for each MQTT 5 one: ~95 against
+~50 µs per PUBLISH on the 2-core build machine).
 
 Checks, in the HTTP endpoint's order
 ------------------------------------
@@ -76,8 +86,23 @@ would fight the loop for the GIL on every packet): the loop watches paho's
 socket (paho's socket callbacks), calls ``loop_read``/``loop_write`` when it
 is ready and ``loop_misc`` each second for keepalive. The loop opens the TCP
 connection itself, without blocking, and hands it to paho; `_maintain`
-reconnects with backoff (1 s doubling to 30 s). Reads are served from one
-large ``recv`` (`_BufferedSocket`).
+reconnects with backoff (1 s doubling to 30 s).
+
+The reader reads with one large ``recv`` and cuts the stream into whole
+packets (`_BrokerSocket`). A PUBLISH at QoS 0 or 1 it decodes itself (a
+topic, a packet identifier, a payload: MQTT 3.1.1 §3.3), and it writes the
+PUBACK itself (four bytes), sent with the other acknowledgements of its
+batch in one ``send``. paho's way (three or four small reads, a message
+object, a topic match and locks per message, a packet queued and written per
+acknowledgement) was two thirds of the listener's CPU per message
+(``bench/mqtt.py --listener-only``, a scripted broker and nothing signed or
+stored: about 39 against 14 µs per one-event message, JSON included, on the
+2-core build machine). Every other packet
+(CONNACK, SUBACK, PINGRESP, the PUBACKs of the node's own publishes, QoS 2,
+anything malformed) paho reads whole from the same buffer, so paho keeps
+the session's state and reports a protocol error by dropping the connection,
+as before. paho does not see the message traffic, so during a stream it
+sends a PINGREQ every keepalive interval; that costs nothing.
 
 The reader takes every whole message that has arrived, checks it, and hands
 each gateway's events to ``Ingest.seal_events`` in one call (at most
@@ -109,6 +134,7 @@ import functools
 import json
 import logging
 import socket
+import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -137,8 +163,11 @@ QOS = 1
 _REDELIVER_MIN_SECONDS = 1.0
 _REDELIVER_MAX_SECONDS = 60.0
 _OUTGOING_QUEUE = 10_000  # problems and instructions paho may hold while the broker is away
-_READ_BURST = 256  # messages read in one go before they are taken
+_READ_BURST = 256  # packets read in one go before the messages among them are taken
 _RECV_BYTES = 256 * 1024
+_PUBLISH = 0x30  # MQTT 3.1.1 §2.2.1: the packet type in the first byte's high nibble
+_PUBACK = struct.Struct(">BBH")  # type 4, remaining length 2, the packet identifier
+_GATEWAYS_REMEMBERED = 4096  # topics whose gateway the reader remembers (a broker's ACL keeps them few)
 _STORING = 3  # seal_events calls at once: one validating, one signing, one committing
 
 
@@ -194,42 +223,135 @@ class Incoming:
     batch: bool = False  # {"events": [...]}: problems point into /events/<i>
 
 
-class _BufferedSocket:
-    """The broker connection as paho sees it: reads from one large ``recv``, writes in one ``send``.
+class _BrokerSocket:
+    """The broker connection, cut into whole packets: PUBLISHes for the listener, the rest for paho.
 
-    paho reads a message in three or four small ``recv`` calls (type, length,
-    rest) and writes each acknowledgement with its own ``send``; at thousands
-    of messages a second those system calls are a good part of the
-    listener's CPU. Data left in the read buffer raises no readiness event,
-    so the reader drains it (`LockListener._readable`); written data goes out
-    when the writer flushes (`LockListener._writable`), or at ``close``.
+    The listener reads with one large ``recv`` (`fill`) and looks at the
+    whole packet at the head of the buffer (`packet`). A PUBLISH it decodes
+    itself (`take_publish`): paho's way costs several small reads, a message object,
+    a topic match and a lock per message, most of the listener's CPU at
+    thousands of messages a second. Any other packet (CONNACK, SUBACK,
+    PUBACK of the node's own publishes, PINGRESP, a malformed PUBLISH) it
+    lets paho read (`admit`, then ``loop_read``): paho's ``recv`` is served
+    from the buffer up to the end of that packet and then told "nothing yet",
+    so paho only ever sees whole packets and stays in step with the stream.
+    The end of the stream or a read error is handed to paho the same way,
+    and paho reports the disconnect.
+
+    Writes are collected (paho's packets and the listener's acknowledgements)
+    and go out when the writer flushes (`LockListener._writable`), or at
+    ``close``, in as few ``send`` calls as the kernel takes.
     """
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self._buffer = b""
-        self._at = 0
+        self._buffer = bytearray()  # grows in place while a large packet arrives: linear, not quadratic
+        self._at = 0  # the next unread byte of the buffer
+        self._paho_end = 0  # paho may read the buffer up to here
+        self._end: OSError | EOFError | None = None  # how the stream ended: a read error, or its end
         self._out = bytearray()
-        self.held = False  # reading paused: paho gets what is buffered, then "nothing yet"
+
+    # -- reading: the listener --
+
+    def fill(self) -> bool:
+        """Read what the kernel has into the buffer; False if there was nothing (or the stream ended)."""
+        if self._end is not None:
+            return False
+        try:
+            chunk = self.sock.recv(_RECV_BYTES)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self._end = exc
+            return False
+        if not chunk:
+            self._end = EOFError()
+            return False
+        if self._at:  # what was read goes; the start of a packet not yet whole moves to the front
+            del self._buffer[: self._at]
+            self._paho_end = max(0, self._paho_end - self._at)
+            self._at = 0
+        self._buffer += chunk
+        return True
 
     @property
-    def buffered(self) -> bool:
-        return self._at < len(self._buffer)
+    def ended(self) -> bool:
+        return self._end is not None
+
+    def packet(self) -> tuple[int, int, int] | None:
+        """The whole packet at the head of the buffer: (its first byte, where its body starts, its end), or None.
+
+        A remaining length longer than MQTT's four bytes (§2.2.3) is returned,
+        once a fifth length byte is there, as a packet with no body that ends
+        after it: paho reads those six bytes and reports the protocol error.
+        """
+        buffer, at = self._buffer, self._at
+        length, shift = 0, 0
+        for position in range(at + 1, min(at + 5, len(buffer))):
+            byte = buffer[position]
+            length |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                end = position + 1 + length
+                return (buffer[at], position + 1, end) if end <= len(buffer) else None
+            shift += 7
+        if len(buffer) - at >= 6:
+            return buffer[at], at + 6, at + 6
+        return None
+
+    def take_publish(self, first: int, start: int, end: int) -> tuple[int, int, bytes, bytes] | None:
+        """The PUBLISH at the head at QoS 0 or 1 (MQTT 3.1.1 §3.3), read: (packet identifier, QoS, topic, payload).
+
+        None, and nothing read, for anything else: QoS 2 (which a broker
+        does not send on a QoS 1 subscription) and malformed packets (an
+        empty topic, one longer than the packet) are paho's to read and to
+        answer, as a protocol error.
+        """
+        qos = (first >> 1) & 0x03
+        if first & 0xF0 != _PUBLISH or qos > 1 or end - start < 2:
+            return None
+        buffer = self._buffer
+        topic_end = start + 2 + (buffer[start] << 8 | buffer[start + 1])
+        payload_start = topic_end + 2 * qos
+        if topic_end == start + 2 or payload_start > end:
+            return None
+        mid = buffer[topic_end] << 8 | buffer[topic_end + 1] if qos else 0
+        self._at = end
+        return mid, qos, bytes(buffer[start + 2 : topic_end]), bytes(buffer[payload_start:end])
+
+    def admit(self, end: int) -> None:
+        """Let paho read the buffer up to ``end`` (the end of the packet at its head)."""
+        self._paho_end = end
+
+    def admit_end(self) -> None:
+        """Let paho read the rest of the buffer and then the end of the stream."""
+        self._paho_end = len(self._buffer)
+
+    @property
+    def whole_packet_buffered(self) -> bool:
+        return self.packet() is not None
+
+    # -- reading: paho --
 
     def recv(self, size: int) -> bytes:
-        if self._at >= len(self._buffer):
-            if self.held:  # paho may read several packets per call; this is where it stops
-                raise BlockingIOError
-            self._buffer, self._at = self.sock.recv(_RECV_BYTES), 0  # BlockingIOError when there is nothing
-            if not self._buffer:
-                return b""  # the end of the stream
-        piece = self._buffer[self._at : self._at + size]
+        if self._at >= self._paho_end:
+            if self._end is None or self._at < len(self._buffer):
+                raise BlockingIOError  # the next packet is the listener's, or not whole yet
+            if isinstance(self._end, EOFError):
+                return b""
+            raise self._end
+        piece = bytes(self._buffer[self._at : min(self._at + size, self._paho_end)])
         self._at += len(piece)
         return piece
+
+    # -- writing --
 
     def send(self, data: bytes) -> int:
         self._out += data
         return len(data)
+
+    def acknowledge(self, mid: int) -> None:
+        """Queue a PUBACK (MQTT 3.1.1 §3.4: two fixed bytes and the packet identifier)."""
+        self._out += _PUBACK.pack(0x40, 2, mid)
 
     @property
     def unsent(self) -> bool:
@@ -268,7 +390,7 @@ class _BufferedSocket:
 class _Client(paho.Client):
     """paho's client, handed a socket the event loop connected (paho's own connect would block the loop)."""
 
-    connected_socket: _BufferedSocket | None = None
+    connected_socket: _BrokerSocket | None = None
 
     def _create_socket_connection(self) -> Any:
         sock, self.connected_socket = self.connected_socket, None
@@ -328,13 +450,13 @@ class LockListener:
         self._connected = False
         self._connected_since: float | None = None
         self._down = asyncio.Event()
-        self._sock: _BufferedSocket | None = None  # the socket the loop watches
+        self._sock: _BrokerSocket | None = None  # the socket the loop watches
         self._reading = False
         self._arrived: list[Incoming] = []
         self._take_scheduled = False
         self._storing = 0  # Ingest.seal_events calls in progress
-        self._packets = 0  # messages paho has handed over, to read while whole ones arrive
         self._held = 0  # messages in the node, not yet acknowledged or given up on
+        self._gateways: dict[str, tuple[str, bool]] = {}  # topic → `_gateway_level`
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._maintainer: asyncio.Task[None] | None = None
@@ -411,7 +533,7 @@ class LockListener:
             self._down.clear()
             try:
                 sock = await self._open_socket(loop)
-                self._client.connected_socket = _BufferedSocket(sock)
+                self._client.connected_socket = _BrokerSocket(sock)
                 self._client.reconnect()  # on the loop: the socket is connected already, paho sends CONNECT
             except (OSError, TimeoutError) as exc:
                 log.warning("MQTT: cannot reach the broker at %s:%d (%s); trying again in %.0f s",
@@ -478,16 +600,35 @@ class LockListener:
             self._loop.remove_writer(sock)
 
     def _readable(self) -> None:
-        # Read whole messages while they keep coming (up to a batch), then take them all at once.
+        """Read whole packets while they keep coming (up to a burst); the messages among them are taken at once."""
+        sock = self._sock
         for _ in range(_READ_BURST):
-            seen = self._packets
-            if self._client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS or self._packets == seen or not self._reading:
-                break
+            if not self._reading or sock is None or sock is not self._sock:
+                return  # paused at max_inflight, or the connection is gone
+            head = sock.packet()
+            if head is None:
+                if sock.fill():
+                    continue
+                if sock.ended:  # paho reads the end of the stream (or the error) and reports the disconnect
+                    sock.admit_end()
+                    self._client.loop_read()
+                return
+            first, start, end = head
+            if (publish := sock.take_publish(first, start, end)) is not None:
+                mid, qos, topic, payload = publish
+                try:
+                    name = topic.decode("utf-8")
+                except UnicodeDecodeError:  # MQTT topics are UTF-8; a broker should not deliver this
+                    name = ""
+                self._arrive(mid, qos, name, payload)
+            else:
+                sock.admit(end)
+                self._client.loop_read()
         self._more_buffered()
 
     def _more_buffered(self) -> None:
-        """Come back for messages already read into the buffer: the socket will not say they are there."""
-        if self._reading and self._sock is not None and self._sock.buffered and self._loop is not None:
+        """Come back for packets already read into the buffer: the socket will not say they are there."""
+        if self._reading and self._sock is not None and self._sock.whole_packet_buffered and self._loop is not None:
             self._loop.call_soon(self._readable)
 
     def _writable(self) -> None:
@@ -503,15 +644,18 @@ class LockListener:
     def _pause_reading(self) -> None:
         if self._reading and self._loop is not None and self._sock is not None:
             self._loop.remove_reader(self._sock)
-            self._sock.held = True
             self._reading = False
 
     def _resume_reading(self) -> None:
         if not self._reading and self._loop is not None and self._sock is not None:
             self._loop.add_reader(self._sock, self._readable)
-            self._sock.held = False
             self._reading = True
             self._more_buffered()
+
+    def _write_soon(self) -> None:
+        """Have what the listener queued on the socket (acknowledgements) sent by the writer at the loop's next turn."""
+        if self._loop is not None and self._sock is not None and self._sock.unsent:
+            self._loop.add_writer(self._sock, self._writable)
 
     # -- paho's callbacks (on the event loop) -------------------------------------
 
@@ -554,21 +698,24 @@ class LockListener:
 
     @_logged
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        self._packets += 1
-        if self._stopping:
-            return  # not acknowledged: the broker keeps it for the next start
+        # Only what paho reads comes here: a QoS 2 message (the reader takes QoS 0 and 1 itself).
         try:
             topic = message.topic
-        except UnicodeDecodeError:  # MQTT topics are UTF-8; a broker should not deliver this
+        except UnicodeDecodeError:
             topic = ""
-        self._arrived.append(Incoming(message.mid, message.qos, topic, message.payload, self._connection))
+        self._arrive(message.mid, message.qos, topic, message.payload)
+
+    # -- the messages -------------------------------------------------------------
+
+    def _arrive(self, mid: int, qos: int, topic: str, payload: bytes) -> None:
+        if self._stopping:
+            return  # not acknowledged: the broker keeps it for the next start
+        self._arrived.append(Incoming(mid, qos, topic, payload, self._connection))
         self._schedule_take()
         self._held += 1
         if self._held >= self._settings.max_inflight:
             # Read no more until messages settle: the rest wait in the socket and at the broker.
             self._pause_reading()
-
-    # -- the messages -------------------------------------------------------------
 
     def _schedule_take(self) -> None:
         # While _STORING calls are signing and committing, arrivals wait and make the next batch bigger.
@@ -590,26 +737,36 @@ class LockListener:
                 self._refuse(incoming, problem)
                 continue
             by_gateway.setdefault(incoming.gateway, []).append(incoming)
+        self._write_soon()  # the refusals' acknowledgements
         for gateway, messages in by_gateway.items():
             for chunk in self._chunks(messages):
                 self._spawn(self._store_events(gateway, chunk))
 
     def _check(self, incoming: Incoming) -> None:
         """Steps 1–3: topic, size, JSON and shape; fills in the gateway and the events."""
-        gateway = self._topics.gateway_of(incoming.topic)
-        if gateway is None or not TOKEN.fullmatch(gateway):
-            incoming.gateway = gateway or ""
+        incoming.gateway, named = self._gateway_level(incoming.topic)
+        if not named:
             raise Problem(
                 "mqtt-topic-invalid",
                 f"{incoming.topic[:120]!r} does not name a gateway; publish to "
                 f"{self._topics.prefix}/gateways/<gateway ID>/events with the ID the node operator gave you",
             )
-        incoming.gateway = gateway
         if len(incoming.payload) > self._max_payload:
             raise Problem(
                 "body-too-large", f"the message is {len(incoming.payload)} bytes; the limit is {self._max_payload}"
             )
         incoming.items, incoming.batch = seal_event_items(parse_json(incoming.payload), self._max_batch)
+
+    def _gateway_level(self, topic: str) -> tuple[str, bool]:
+        """The topic's gateway level ("" if it has none) and whether that is a gateway ID; remembered per topic."""
+        known = self._gateways.get(topic)
+        if known is None:
+            level = self._topics.gateway_of(topic)
+            known = (level or "", level is not None and TOKEN.fullmatch(level) is not None)
+            if len(self._gateways) >= _GATEWAYS_REMEMBERED:
+                self._gateways.clear()
+            self._gateways[topic] = known
+        return known
 
     def _chunks(self, messages: list[Incoming]) -> list[list[Incoming]]:
         """Consecutive runs of messages with at most ``max_batch_events`` events together."""
@@ -635,6 +792,7 @@ class LockListener:
             await self._store_and_answer(gateway_id, messages)
         finally:
             self._storing -= 1
+            self._write_soon()
             self._schedule_take()
 
     async def _store_and_answer(self, gateway_id: str, messages: list[Incoming]) -> None:
@@ -663,8 +821,13 @@ class LockListener:
             self._answer(incoming, mine)
 
     def _answer(self, incoming: Incoming, results: Sequence[EventResult]) -> None:
-        refused = [r for r in results if r.problem is not None]
-        if any(r.problem.status >= 500 for r in refused if r.problem is not None):
+        refused = [r.problem for r in results if r.problem is not None]
+        if not refused:  # the common case, kept short: thousands a second
+            if self._settle(incoming, ()):
+                self._redeliver_after = _REDELIVER_MIN_SECONDS
+                self._stored.inc()
+            return
+        if any(problem.status >= 500 for problem in refused):
             # The node could not sign or store it now (a revoked key, a failing disk): come again.
             # Its other events may be stored already; the redelivery answers them as duplicates.
             self._retry(incoming)
@@ -680,13 +843,13 @@ class LockListener:
             problems.append(body)
         if self._settle(incoming, problems):
             self._redeliver_after = _REDELIVER_MIN_SECONDS
-            (self._refused if problems else self._stored).inc()
+            self._refused.inc()
 
     def _refuse(self, incoming: Incoming, problem: Problem) -> None:
         if self._settle(incoming, [problem.body(incoming.topic)]):
             self._refused.inc()
 
-    def _settle(self, incoming: Incoming, problems: list[dict[str, Any]]) -> bool:
+    def _settle(self, incoming: Incoming, problems: Sequence[dict[str, Any]]) -> bool:
         """Publish the message's problems, then acknowledge it; False if its connection is gone."""
         self._release()
         if incoming.connection != self._connection or not self._connected:
@@ -696,7 +859,9 @@ class LockListener:
         if incoming.gateway:  # a topic level from the subscription's "+": a valid topic to answer on
             for body in problems:
                 self._publish(self._topics.problems(incoming.gateway), body)
-        if incoming.qos > 0:
+        if incoming.qos == 1 and self._sock is not None:
+            self._sock.acknowledge(incoming.mid)  # sent by `_write_soon`'s writer, with the others of this batch
+        elif incoming.qos == 2:
             self._client.ack(incoming.mid, incoming.qos)
         return True
 

@@ -156,6 +156,14 @@ class Mqtt(BaseModel):
     Topics, under ``topic_prefix``: gateways publish events to
     ``<prefix>/gateways/<gateway>/events``; the node answers a refused event on
     ``.../problems`` and publishes unseal authorisations on ``.../instructions``.
+
+    ``max_inflight``: the node reads at most this many messages that it has
+    not acknowledged yet (it acknowledges after the commit), and no more from
+    the broker's connection until some are. Set the broker's own window for
+    the node (Mosquitto's ``max_inflight_messages``) at least as large, or the
+    broker's is the limit. At most this many messages are between the broker
+    and a commit, so the window bounds the rate: the default suits a quiet
+    node; a busy one wants about a thousand (docs/operations.md).
     """
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -169,7 +177,7 @@ class Mqtt(BaseModel):
     password_file: str | None = None  # relative to this file; one line, mode 0600
     topic_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")] = "mrx"
     keepalive_seconds: int = Field(default=30, ge=5, le=3600)
-    max_inflight: int = Field(default=100, ge=1, le=65_535)  # unacknowledged messages the broker may send at once
+    max_inflight: int = Field(default=100, ge=1, le=65_535)  # unacknowledged messages the node reads at most
 
 
 AdapterName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,31}$")]

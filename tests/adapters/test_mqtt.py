@@ -689,3 +689,157 @@ async def test_messages_in_the_node_are_bounded_by_max_inflight(shared_broker: t
     finally:
         await asyncio.to_thread(gateway.close)
         await listening.close(shared_broker)
+
+
+# -- the listener's own reading of the stream, against a broker the test scripts ----------------
+#
+# The listener decodes PUBLISH packets itself and writes their PUBACKs itself; every
+# other packet goes through paho. A real broker sends whole packets in large
+# reads, so these tests use a broker of their own that cuts the stream where it
+# likes, sends what no broker would, and shows what the node wrote back.
+
+
+def _fixed(first: int, body: bytes) -> bytes:
+    """An MQTT packet: its first byte, the remaining length (MQTT 3.1.1 §2.2.3), the body."""
+    length, remaining = len(body), bytearray()
+    while True:
+        length, digit = divmod(length, 128)
+        remaining.append(digit | (0x80 if length else 0))
+        if not length:
+            return bytes([first]) + bytes(remaining) + body
+
+
+def _publish(topic: str, payload: bytes, qos: int, mid: int = 0) -> bytes:
+    head = len(topic.encode()).to_bytes(2, "big") + topic.encode() + (mid.to_bytes(2, "big") if qos else b"")
+    return _fixed(0x30 | qos << 1, head + payload)
+
+
+class BrokerSide:
+    """One connection from the listener, as the scripted broker sees it."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def packet(self) -> tuple[int, bytes]:
+        """The next packet the node sent: (its type, its body)."""
+        first = (await asyncio.wait_for(self.reader.readexactly(1), WAIT))[0]
+        length, shift = 0, 0
+        while True:
+            byte = (await self.reader.readexactly(1))[0]
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return first >> 4, await self.reader.readexactly(length)
+
+    async def send(self, data: bytes, piece: int | None = None) -> None:
+        """Send ``data``, in pieces of ``piece`` bytes that the node reads one by one, or at once."""
+        for at in range(0, len(data), piece or len(data)):
+            self.writer.write(data[at : at + (piece or len(data))])
+            await self.writer.drain()
+            if piece:
+                await asyncio.sleep(0.002)  # time for the node to read this piece on its own
+
+    async def ended(self) -> bool:
+        """True once the node has closed the connection (what it wrote before is skipped)."""
+        while await asyncio.wait_for(self.reader.read(65536), WAIT):
+            pass
+        return True
+
+
+class ScriptedBroker:
+    """A listening socket that answers CONNECT with CONNACK and SUBSCRIBE with SUBACK (QoS 1), then does as told."""
+
+    def __init__(self) -> None:
+        self.connections: asyncio.Queue[BrokerSide] = asyncio.Queue()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._handshake, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        side = BrokerSide(reader, writer)
+        kind, _ = await side.packet()
+        assert kind == 1, kind  # CONNECT
+        await side.send(b"\x20\x02\x00\x00")
+        kind, body = await side.packet()
+        assert kind == 8, kind  # SUBSCRIBE
+        await side.send(b"\x90\x03" + body[:2] + b"\x01")
+        await self.connections.put(side)
+
+    async def next_connection(self) -> BrokerSide:
+        return await asyncio.wait_for(self.connections.get(), WAIT)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def _scripted(ingest: RecordingIngest) -> tuple[ScriptedBroker, Listening]:
+    broker = ScriptedBroker()
+    port = await broker.start()
+    return broker, await _listening(ingest, ("127.0.0.1", port))
+
+
+async def test_packets_cut_anywhere_are_read_whole_and_each_qos_answered_its_way() -> None:
+    ingest = RecordingIngest()
+    broker, listening = await _scripted(ingest)
+    try:
+        side = await broker.next_connection()
+        events = [factories.seal_event(seq=s, lock="LK-CN-5000") for s in range(1, 6)]
+        topic = f"{listening.prefix}/gateways/GW-1/events"
+        # One QoS 1 message cut at every byte: header, length, topic, packet identifier, payload.
+        await side.send(_publish(topic, json.dumps(events[0]).encode(), 1, mid=1), piece=1)
+        # Then in one read: a PINGRESP (paho's), a QoS 0 message, a refused one, a batch.
+        await side.send(
+            b"\xd0\x00"
+            + _publish(topic, json.dumps(events[1]).encode(), 0)
+            + _publish(topic, b"not json", 1, mid=2)
+            + _publish(topic, json.dumps({"events": events[2:4]}).encode(), 1, mid=3)
+        )
+        acknowledged, problems = [], []
+        while len(acknowledged) < 3 or not problems:
+            kind, body = await side.packet()
+            if kind == 4:  # PUBACK
+                acknowledged.append(int.from_bytes(body, "big"))
+            elif kind == 3:  # PUBLISH: the node's problem, at QoS 1 (paho's own packet)
+                topic_length = int.from_bytes(body[:2], "big")
+                problems.append((body[2 : 2 + topic_length].decode(), json.loads(body[4 + topic_length :])))
+                await side.send(b"\x40\x02" + body[2 + topic_length : 4 + topic_length])  # its PUBACK, for paho
+        assert sorted(acknowledged) == [1, 2, 3]  # the QoS 0 message is not acknowledged
+        assert [(t, p["code"]) for t, p in problems] == [(f"{listening.prefix}/gateways/GW-1/problems", "invalid-json")]
+        # QoS 2, which a broker does not send on a QoS 1 subscription: paho's handshake, stored once.
+        await side.send(_publish(topic, json.dumps(events[4]).encode(), 2, mid=4))
+        assert await side.packet() == (5, b"\x00\x04")  # PUBREC
+        await side.send(b"\x62\x02\x00\x04")  # PUBREL
+        assert await side.packet() == (7, b"\x00\x04")  # PUBCOMP, after the store
+        assert ingest.seen == [e["event_id"] for e in events]
+        assert (listening.count("stored"), listening.count("refused"), listening.count("retry")) == (4, 1, 0)
+    finally:
+        await listening.listener.stop()
+        await broker.close()
+
+
+@pytest.mark.parametrize(
+    "malformed",
+    [
+        _fixed(0x32, b"\x00\x40" + b"GW" + b"\x00\x01"),  # a topic longer than the packet
+        _fixed(0x32, b"\x00\x00" + b"\x00\x01" + b"{}"),  # an empty topic
+        b"\x32\xff\xff\xff\xff\x01",  # a remaining length of five bytes
+    ],
+)
+async def test_a_malformed_packet_ends_the_connection_and_the_listener_comes_back(malformed: bytes) -> None:
+    ingest = RecordingIngest()
+    broker, listening = await _scripted(ingest)
+    try:
+        side = await broker.next_connection()
+        await side.send(malformed)
+        assert await side.ended()
+        side = await broker.next_connection()  # the listener reconnected
+        event = factories.seal_event(seq=1, lock="LK-CN-5001")
+        await side.send(_publish(f"{listening.prefix}/gateways/GW-1/events", json.dumps(event).encode(), 1, mid=9))
+        assert await side.packet() == (4, b"\x00\x09")
+        assert ingest.seen == [event["event_id"]]
+    finally:
+        await listening.listener.stop()
+        await broker.close()
