@@ -19,8 +19,8 @@ those of ``bench/ingest.py`` (same process model, same event bodies, but each
 lock's events are in that lock's container).
 
 First 100 events go through the corridor unmeasured (keys fetched, connections
-open). Then, per repeat, three loads, each right after an echo-server run of
-the same load:
+open). Then, per repeat, four loads, all but one right after an echo-server
+run of the same load:
 
 - throughput, single node: closed loop, batch 100, 4 connections, into the
   lone node. Figure: accepted events/s in the window.
@@ -34,6 +34,16 @@ the same load:
   stopped. **Forwarding cost** = 1 − forwarding accepted/s ÷ single accepted/s
   (the issue's figure); and end to end, 1 − delivered/s ÷ single accepted/s,
   which is what the node sustains when its outbox falls behind.
+- apart: the throughput load into CN-AKL once more, with KZ-DOS paused
+  (SIGSTOP: its socket still accepts, so CN-AKL's first request just waits;
+  past ``request_timeout_seconds``, 30 s, it would be retried after a short
+  backoff), then KZ-DOS resumed and the backlog drained.
+  Figures: CN-AKL's ingest alone (events/s, CPU per event, the outbox
+  included), then the drain rate and the CPU each node (and its signing
+  workers) spent per delivered record. By CPU, forwarding costs the sender
+  1 − single ÷ (ingest + delivery): the question the figure above answers,
+  with ingest and delivery measured one after the other rather than mixed
+  in one window (less noisy).
 - latency: open loop, batch 1, one event every 2 ms (``--rate`` 500/s) into
   CN-AKL. For each event scheduled inside the window, end-to-end latency =
   ``records.stored_at`` of its record in KZ-DOS's database − the *scheduled*
@@ -252,13 +262,22 @@ class Batches:
 
 @dataclass
 class Snapshot:
-    cpu: dict[str, float]  # CPU seconds by node name
+    cpu: dict[str, float]  # CPU seconds by node name: the node process and its signing workers
+    workers: dict[str, float]  # ... of which its signing workers
     busy: float
     at: float  # perf_counter
 
     @classmethod
     def take(cls, pids: dict[str, int]) -> Snapshot:
-        return cls({name: process_cpu(pid) for name, pid in pids.items()}, machine_busy(), time.perf_counter())
+        cpu = {name: process_cpu(pid) for name, pid in pids.items()}
+        workers = {name: cpu[name] - _own_cpu(pid) for name, pid in pids.items()}
+        return cls(cpu, workers, machine_busy(), time.perf_counter())
+
+
+def _own_cpu(pid: int) -> float:
+    """User + system CPU seconds of the process alone (all its threads, none of its children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -267,6 +286,7 @@ class Metered:
 
     run: Run  # what the load generator saw
     cpu_us_per_event: dict[str, float]  # by node, over the whole run, warm-up and drain included
+    worker_cpu_us_per_event: dict[str, float]  # ... of which in the node's signing workers
     wall_s: float
     client_cores: float
     other_cores: float
@@ -371,6 +391,9 @@ class Corridor:
         metered = Metered(
             run=run,
             cpu_us_per_event={name: seconds / events * 1e6 for name, seconds in cpu.items()},
+            worker_cpu_us_per_event={
+                name: (end.workers[name] - started[0].workers[name]) / events * 1e6 for name in pids
+            },
             wall_s=wall,
             client_cores=run.result.client_cpu / wall,
             other_cores=max(0.0, end.busy - started[0].busy - sum(cpu.values()) - run.result.client_cpu) / wall,
@@ -448,6 +471,47 @@ class Corridor:
             "undelivered_by_state": {k: v for k, v in states.items() if k != "delivered"},
         }
 
+    def apart_run(self, load: Load, echo: Run) -> dict[str, Any]:
+        """The forwarding load with KZ-DOS paused, then KZ-DOS resumed and the backlog drained.
+
+        What ingest costs CN-AKL with an outbox but no delivery competing, and what delivering
+        a record costs each node, measured one after the other instead of at once.
+        """
+        names = ("CN-AKL", "KZ-DOS")
+        pids = {name: self.pids[name] for name in names}
+        outbox_before = self._last_outbox_id()
+        started: list[Snapshot] = []
+        os.kill(pids["KZ-DOS"], signal.SIGSTOP)  # its socket still accepts: CN-AKL's first request waits
+        try:
+            run = self.bench.run(
+                load, self.targets["forwarding"],
+                unique_events=_pool_size(self.args, load, ceiling_events_per_s(echo, self.parts)),
+                during=lambda: started.append(Snapshot.take(pids)), containers=CONTAINERS,
+            )
+            loaded = Snapshot.take(pids)
+        finally:
+            os.kill(pids["KZ-DOS"], signal.SIGCONT)
+        drained, states = wait_for_delivery(self.sender, outbox_before, self.args.drain_timeout)
+        end = Snapshot.take(pids)
+        events = max(run.result.total_events, 1)
+        records = int(Db(self.sender).value(
+            "SELECT COUNT(*) FROM outbox WHERE id > ? AND state = 'delivered'", (outbox_before,)
+        ))
+
+        def per_record(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+            return {name: (after[name] - before[name]) / max(records, 1) * 1e6 for name in names}
+
+        return {
+            "accepted_events_per_s": run.result.events_per_s,
+            "ingest_cpu_us_per_event": (loaded.cpu["CN-AKL"] - started[0].cpu["CN-AKL"]) / events * 1e6,
+            "records": records,
+            "drain_records_per_s": records / (end.at - loaded.at),
+            "delivery_cpu_us_per_record": per_record(loaded.cpu, end.cpu),
+            "delivery_worker_cpu_us_per_record": per_record(loaded.workers, end.workers),
+            "drained": drained,
+            "undelivered_by_state": {k: v for k, v in states.items() if k != "delivered"},
+        }
+
     def _scrape(self) -> tuple[dict, dict]:
         return scrape(self.sender.url), scrape(self.receiver.url)
 
@@ -503,7 +567,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         verify = measure_verify()
         throughput, latency = loads(args)
         runs: dict[str, list[Any]] = {"echo_throughput": [], "single": [], "echo_forwarding": [], "forwarding": [],
-                                      "echo_latency": [], "latency": []}  # fmt: skip
+                                      "apart": [], "echo_latency": [], "latency": []}  # fmt: skip
         with ExitStack() as stack:
             corridor = Corridor(args, workdir, parts, stack)
             _progress(f"corridor primed: the first {len(CONTAINERS)} records delivered in {corridor.prime():.2f} s")
@@ -519,6 +583,12 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                         d = node.delivery
                         line += f"  delivered {d['records_per_s']:>6,.0f}/s (drained {d['drain_after_load_s']:.1f} s after)"
                     _progress(f"{line}  ({node.stored_before:,} events stored before)")
+                apart = corridor.apart_run(throughput, runs["echo_forwarding"][-1])
+                runs["apart"].append(apart)
+                _progress(
+                    f"{tag}  apart      {RECEIVER[0]} paused: accepted {apart['accepted_events_per_s']:>6,.0f}/s,"
+                    f" then delivered {apart['drain_records_per_s']:>6,.0f}/s"
+                )
                 echo = corridor.echo(latency)
                 node = corridor.node_run("forwarding", latency, echo)
                 runs["echo_latency"].append(echo)
@@ -548,6 +618,7 @@ def _run_json(m: Metered) -> dict[str, Any]:
         "events_total": r.total_events,
         "latency_ms": r.latency_ms,
         "cpu_us_per_event": m.cpu_us_per_event,
+        "worker_cpu_us_per_event": m.worker_cpu_us_per_event,
         "wall_s": m.wall_s,
         "client_cores": m.client_cores,
         "other_cores": m.other_cores,
@@ -599,6 +670,9 @@ def _report(
     cost = 1 - forwarding_eps / single_eps
     single_cpu = _med(single, "cpu_us_per_event", "single")
     sender_cpu = _med(forwarding, "cpu_us_per_event", "CN-AKL")
+    apart = runs["apart"]
+    apart_ingest = _med(apart, "ingest_cpu_us_per_event")
+    apart_delivery = {name: _med(apart, "delivery_cpu_us_per_record", name) for name in ("CN-AKL", "KZ-DOS")}
     echo_p50 = _median([e.result.latency_ms["p50"] for e in runs["echo_latency"]])
     ingest_floor = echo_p50 + (parts.sign + parts.xsd + parts.commit_one_p50) * 1e3
     hop_floor = echo_p50 + (verify + parts.xsd + parts.sign + parts.commit_one_p50) * 1e3
@@ -626,7 +700,8 @@ def _report(
         },
         "throughput": {
             "single": {"accepted_events_per_s": single_eps, "ceiling_events_per_s": ceilings["single"],
-                       "ratio": single_eps / ceilings["single"], "cpu_us_per_event": single_cpu, "runs": single},
+                       "ratio": single_eps / ceilings["single"], "cpu_us_per_event": single_cpu,
+                       "worker_cpu_us_per_event": _med(single, "worker_cpu_us_per_event", "single"), "runs": single},
             "forwarding": {
                 "accepted_events_per_s": forwarding_eps,
                 "delivered_records_per_s": delivered_eps,
@@ -638,11 +713,25 @@ def _report(
                 "ratio": forwarding_eps / ceilings["forwarding"],
                 "delivered_ratio": delivered_eps / ceilings["forwarding"],
                 "cpu_us_per_event": {"CN-AKL": sender_cpu, "KZ-DOS": _med(forwarding, "cpu_us_per_event", "KZ-DOS")},
+                "worker_cpu_us_per_event": {
+                    name: _med(forwarding, "worker_cpu_us_per_event", name) for name in ("CN-AKL", "KZ-DOS")
+                },
                 "runs": forwarding,
             },
             "forwarding_cost": cost,
             "forwarding_cost_delivered": 1 - delivered_eps / single_eps,
             "forwarding_cost_cpu": 1 - single_cpu / sender_cpu,
+            "apart": {
+                "accepted_events_per_s": _med(apart, "accepted_events_per_s"),
+                "ingest_cpu_us_per_event": apart_ingest,
+                "drain_records_per_s": _med(apart, "drain_records_per_s"),
+                "delivery_cpu_us_per_record": apart_delivery,
+                "delivery_worker_cpu_us_per_record": {
+                    name: _med(apart, "delivery_worker_cpu_us_per_record", name) for name in ("CN-AKL", "KZ-DOS")
+                },
+                "forwarding_cost_cpu": 1 - single_cpu / (apart_ingest + apart_delivery["CN-AKL"]),
+                "runs": apart,
+            },
             "goal": {"cost_at_most": GOAL_COST, "met": cost <= GOAL_COST},
         },  # fmt: skip
         "latency": {
@@ -670,7 +759,7 @@ def _row(label: str, events_per_s: float, ceiling: float) -> str:
 def render(report: dict[str, Any]) -> str:
     v, s, p = report["versions"], report["settings"], report["ceiling_parts_us"]
     t, lat, mem = report["throughput"], report["latency"], report["memory"]
-    single, fwd = t["single"], t["forwarding"]
+    single, fwd, ap = t["single"], t["forwarding"], t["apart"]
     changed = ", ".join(f"{k} = {v}" for k, v in s["exchange_changed"].items()) or "none"
     x = s["exchange"]
     lines = [
@@ -702,6 +791,18 @@ def render(report: dict[str, Any]) -> str:
         f"  CPU per event (run + drain): single node {single['cpu_us_per_event']:.0f} µs;"
         f" {SENDER[0]} {fwd['cpu_us_per_event']['CN-AKL']:.0f} µs, {RECEIVER[0]} {fwd['cpu_us_per_event']['KZ-DOS']:.0f} µs"
         f"  → by CPU, forwarding costs the sender {t['forwarding_cost_cpu']:.0%}",
+        f"    of which in the signing workers: single node {single['worker_cpu_us_per_event']:.0f} µs;"
+        f" {SENDER[0]} {fwd['worker_cpu_us_per_event']['CN-AKL']:.0f} µs,"
+        f" {RECEIVER[0]} {fwd['worker_cpu_us_per_event']['KZ-DOS']:.0f} µs (the rest: event loop, SQLite, threads)",
+        "",
+        f"Apart: the same load with {RECEIVER[0]} paused, then {RECEIVER[0]} resumed and the backlog delivered",
+        f"  {SENDER[0]} ingest alone: {ap['accepted_events_per_s']:,.0f} events/s, {ap['ingest_cpu_us_per_event']:.0f} µs"
+        f" per event (single node {single['cpu_us_per_event']:.0f} µs)",
+        f"  delivery: {ap['drain_records_per_s']:,.0f} records/s; per record {SENDER[0]}"
+        f" {ap['delivery_cpu_us_per_record']['CN-AKL']:.0f} µs (workers {ap['delivery_worker_cpu_us_per_record']['CN-AKL']:.0f}),"
+        f" {RECEIVER[0]} {ap['delivery_cpu_us_per_record']['KZ-DOS']:.0f} µs"
+        f" (workers {ap['delivery_worker_cpu_us_per_record']['KZ-DOS']:.0f})",
+        f"  by CPU, forwarding costs the sender {ap['forwarding_cost_cpu']:.0%} (1 − single ÷ (ingest + delivery))",
         "",
         f"Latency, open loop {lat['offered_events_per_s']:g} events/s, batch 1",
         f"  {'':<58}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}",
@@ -736,8 +837,10 @@ def render(report: dict[str, Any]) -> str:
                     f"{b['round_trip_share_of_span']:>18.0%}"
                     + (f"   ({b['retried_records']:,.0f} records retried)" if b["retried_records"] else "")
                 )
-    undrained = sum(1 for r in fwd["runs"] if not r["delivery"]["drained"]) + sum(
-        1 for r in lat["runs"] if not r["latency"]["drained"]
+    undrained = (
+        sum(1 for r in fwd["runs"] if not r["delivery"]["drained"])
+        + sum(1 for r in lat["runs"] if not r["latency"]["drained"])
+        + sum(1 for r in ap["runs"] if not r["drained"])
     )
     if undrained:
         lines.append(f"  WARNING: in {undrained} run(s) the outbox had not drained within --drain-timeout;"

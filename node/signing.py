@@ -33,25 +33,41 @@ pool is rebuilt for the next one.
 
 Workers are started with ``spawn``: the node has threads (the SQLite writer,
 aiosqlite), and forking a threaded process is unsafe.
+
+What crosses to and from a worker is pickled: bodies to sign, signed
+records, verified messages. A frozen, slotted dataclass pickles through
+the generic ``__getstate__``/``__setstate__`` of `dataclasses`, which look
+its fields up again for every object, and a UUID through a state dict:
+half of what a verified record cost to cross. So multiprocessing's
+pickler (`ForkingPickler`, not pickle at large) rebuilds the message
+values, records and verdicts by their constructors, and a UUID from its
+integer: equal values, at half the cost (measured, pickling and
+unpickling per record: a verified seal event 54 → 28 µs, a verified
+receipt 34 → 14 µs, a receipt to sign 15 → 6 µs).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import multiprocessing
+import operator
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+from uuid import UUID
 
 from mrx.keys.jwks import PublicKey
 from mrx.keys.jws import SigningKey
 from mrx.keys.keyring import KeyStore
+from mrx.schemas import messages
 from mrx.schemas.messages import Message
 
 from .records import RecordSigner, Refusal, TrustedKey, Unsigned, VerifiedRecord, verify_records
@@ -105,6 +121,37 @@ class InlineSigning:
 
     async def close(self) -> None:
         return None
+
+
+# -- what crosses the pipe (see the module docstring) ----------------------------
+
+
+def _by_constructor(cls: type) -> Callable[[Any], tuple[type, tuple[Any, ...]]]:
+    """A reducer that rebuilds a dataclass by calling it with its fields, in order.
+
+    Only for a class whose constructor just stores its fields: one that computes or checks
+    anything would not be rebuilt faithfully, so it is refused when the module loads.
+    """
+    names = [f.name for f in dataclasses.fields(cls)]
+    if not all(f.init for f in dataclasses.fields(cls)) or hasattr(cls, "__post_init__"):
+        raise TypeError(f"{cls.__name__} does more than store its fields when constructed")
+    if len(names) == 1:
+        return lambda value: (cls, (getattr(value, names[0]),))
+    values = operator.attrgetter(*names)
+    return lambda value: (cls, values(value))
+
+
+def _uuid_by_int(value: UUID) -> tuple[type[UUID], tuple[None, None, None, None, int]]:
+    return UUID, (None, None, None, None, value.int)
+
+
+_CROSSING = [
+    c for c in vars(messages).values()
+    if isinstance(c, type) and dataclasses.is_dataclass(c) and c.__module__ == messages.__name__
+] + [SignedRecord, Unsigned, Refusal]
+for _cls in _CROSSING:
+    ForkingPickler.register(_cls, _by_constructor(_cls))
+ForkingPickler.register(UUID, _uuid_by_int)
 
 
 # -- the worker side -------------------------------------------------------------

@@ -45,7 +45,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -287,12 +287,18 @@ class SqliteStore:
 
     async def mark_in_flight(self, outbox_ids: list[int]) -> None:
         now = _ts(datetime.now(timezone.utc))
-        rows = [(Delivery.IN_FLIGHT.value, now, i) for i in outbox_ids]
-        await self._call(
-            lambda db: db.executemany(
-                "UPDATE outbox SET state = ?, attempts = attempts + 1, last_attempt_at = ? WHERE id = ?", rows
-            )
-        )
+
+        def mark(db: sqlite3.Connection) -> None:  # one statement per batch, not one per row
+            for start in range(0, len(outbox_ids), _IN_CHUNK):
+                chunk = outbox_ids[start : start + _IN_CHUNK]
+                db.execute(
+                    "UPDATE outbox SET state = ?, attempts = attempts + 1, last_attempt_at = ?"
+                    f" WHERE id IN ({','.join('?' * len(chunk))})",
+                    (Delivery.IN_FLIGHT.value, now, *chunk),
+                )
+
+        if outbox_ids:
+            await self._call(mark)
 
     async def settle_deliveries(self, results: list[DeliveryResult]) -> None:
         if results:
@@ -381,6 +387,12 @@ class SqliteStore:
 
     async def arrived_containers(self, since: datetime) -> dict[str, datetime]:
         return await recognition.arrived_containers(self._reader_db, since)
+
+    async def recent_start(self, window: timedelta) -> int:
+        return await recognition.recent_start(self._reader_db, window)
+
+    async def records_after(self, seq: int, types: Sequence[str], limit: int) -> list[tuple[int, UUID, str, bytes]]:
+        return await recognition.records_after(self._reader_db, seq, types, limit)
 
     async def targeting(self, ref: ConsignmentReference) -> list[Targeting]:
         return await recognition.targeting(self._reader_db, ref)
@@ -513,7 +525,7 @@ class SqliteStore:
                 " WHERE o.partner = ? AND o.state = 'queued' ORDER BY o.id LIMIT ?",
                 (partner, limit),
             )
-        return [_outbox_item(row, bytes(row[-1])) for row in rows]
+        return [_outbox_item(row, row[-1]) for row in rows]
 
     async def outbox(self, partner: str | None, state: Delivery | None, after: int, limit: int) -> list[OutboxItem]:
         where, params = ["o.id > ?"], [after]
@@ -804,30 +816,32 @@ _OUTBOX_COLUMNS = (
 )
 
 
+_DELIVERY = {d.value: d for d in Delivery}
+
+
 def _outbox_item(row: Sequence[Any], jws: bytes = b"") -> OutboxItem:
+    # Positional, and the state by dict: this runs for every row a sender takes (outbox_due).
     return OutboxItem(
-        outbox_id=row[0], partner=row[1], message_id=UUID(row[2]), message_type=row[3], state=Delivery(row[4]),
-        attempts=row[5], last_attempt_at=_dt(row[6]) if row[6] else None, last_error=row[7],
-        receipt_message_id=UUID(row[8]) if row[8] else None, delivered_at=_dt(row[9]) if row[9] else None, jws=jws,
+        row[0], row[1], UUID(row[2]), row[3], _DELIVERY[row[4]], row[5], _dt(row[6]) if row[6] else None, row[7],
+        UUID(row[8]) if row[8] else None, _dt(row[9]) if row[9] else None, jws,
     )
 
 
 def _settle(db: sqlite3.Connection, results: list[DeliveryResult]) -> None:
     now = _ts(datetime.now(timezone.utc))
-    receipts = [r.receipt for r in results if r.receipt is not None]
-    known = {
-        row[0] for row in _select_in(db, "SELECT message_id FROM records WHERE message_id IN ({})",
-                                     [str(r.message_id) for r in receipts])
-    }
-    _insert_records(db, [r for r in receipts if str(r.message_id) not in known], now, deliver=False)
+    receipt_ids = [str(r.receipt.message_id) if r.receipt is not None else None for r in results]
+    # A repeat's receipt is the original, kept already when the first answer was settled.
+    known = {row[0] for row in _select_in(db, "SELECT message_id FROM records WHERE message_id IN ({})",
+                                          [i for i in receipt_ids if i is not None])}
+    _insert_records(
+        db, [r.receipt for r, i in zip(results, receipt_ids) if r.receipt is not None and i not in known], now,
+        deliver=False,
+    )
     db.executemany(
         "UPDATE outbox SET state = ?, last_error = ?, receipt_message_id = ?, delivered_at = ? WHERE id = ?",
         [
-            (
-                r.state.value, r.error, str(r.receipt.message_id) if r.receipt else None,
-                now if r.state is Delivery.DELIVERED else None, r.outbox_id,
-            )
-            for r in results
+            (r.state.value, r.error, i, now if r.state is Delivery.DELIVERED else None, r.outbox_id)
+            for r, i in zip(results, receipt_ids, strict=True)
         ],
     )
 
@@ -850,7 +864,8 @@ def _apply_received(db: sqlite3.Connection, payloads: list[list[ReceivedWrite]])
             [w.received_digest for w in writes],
         )
     }
-    ids = [str(w.record.message_id) for w in writes if w.record is not None]
+    record_ids = [str(w.record.message_id) if w.record is not None else None for w in writes]
+    ids = [i for i in record_ids if i is not None]
     firsts: dict[str, tuple[bytes | None, bytes]] = {
         m: (bytes(digest), bytes(jws))
         for m, digest, jws in _select_in(
@@ -865,12 +880,12 @@ def _apply_received(db: sqlite3.Connection, payloads: list[list[ReceivedWrite]])
     records: list[SignedRecord] = []
     received_rows, issued_rows = [], []
     bodies: list[tuple[SignedRecord, Body]] = []
-    for write in writes:
+    for write, message_id in zip(writes, record_ids, strict=True):
         if write.received_digest in answered:  # these exact bytes were answered before
             outcomes.append(ReceivedOutcome(WriteStatus.DUPLICATE, answered[write.received_digest]))
             continue
-        if write.record is not None:
-            message_id = str(write.record.message_id)
+        receipt_id = str(write.receipt.message_id)
+        if write.record is not None and message_id is not None:
             if message_id in firsts:
                 digest, receipt = firsts[message_id]
                 outcomes.append(
@@ -883,21 +898,15 @@ def _apply_received(db: sqlite3.Connection, payloads: list[list[ReceivedWrite]])
                 outcomes.append(ReceivedOutcome(WriteStatus.KEY_CONFLICT, None))
                 continue
             records += (write.record, write.receipt)
-            received_rows.append(
-                (message_id, write.partner, write.payload_digest, str(write.receipt.message_id), stored_at)
-            )
+            received_rows.append((message_id, write.partner, write.payload_digest, receipt_id, stored_at))
             if write.body is not None:
                 bodies.append((write.record, write.body))
             firsts[message_id] = (write.payload_digest, write.receipt.jws)
             held.add(message_id)
         else:
             records.append(write.receipt)
-        issued_rows.append(
-            (
-                write.received_digest, write.partner,
-                str(write.received_message_id) if write.received_message_id else None, str(write.receipt.message_id),
-            )
-        )
+        received_id = str(write.received_message_id) if write.received_message_id else None
+        issued_rows.append((write.received_digest, write.partner, received_id, receipt_id))
         answered[write.received_digest] = write.receipt.jws
         outcomes.append(ReceivedOutcome(WriteStatus.ACCEPTED, write.receipt.jws))
     _insert_records(db, records, stored_at, deliver=False)
