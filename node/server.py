@@ -265,13 +265,14 @@ async def serve(config: NodeConfig) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
-    url = f"http://{config.host}:{node.port}"
-    # One parseable line: scripts and tests wait for it to know the node is up.
-    print(f"mrx: node {config.node_id} ({config.office}) listening on {url}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    url = f"http://{config.host}:{node.port}"
+    # One parseable line: scripts and tests wait for it to know the node is up,
+    # and may stop it at once: the handlers above are already in place.
+    print(f"mrx: node {config.node_id} ({config.office}) listening on {url}", flush=True)
     try:
         await stop.wait()
     finally:
