@@ -65,6 +65,7 @@ from mrx.keys.jws import JwsError, parse_compact
 from mrx.schemas import codec
 from mrx.schemas.codes import AlarmType, SealChainVerdict, SealEventType
 from mrx.schemas.messages import (
+    MESSAGE_TYPES,
     Alarm,
     Body,
     ConsignmentReference,
@@ -93,6 +94,9 @@ log = logging.getLogger(__name__)
 _BREACHES = {SealEventType.TAMPER, SealEventType.HOUSING_BREACH}
 _OPENINGS = {SealEventType.OPENED, SealEventType.UNSEALED}
 _RefKey = tuple[str, str]
+# Records that can call for work (`Recognition.observe`), and how far back it is done again at start.
+_TRIGGERS = tuple(MESSAGE_TYPES[t] for t in (SealEvent, ControlResult, UnsealAuthorization))
+RECOVERY_WINDOW = timedelta(minutes=10)
 
 
 def agreements_of(config: NodeConfig) -> dict[str, Agreement]:
@@ -167,8 +171,10 @@ class Recognition:
     # -- triggers ---------------------------------------------------------------------------------------------
 
     async def start(self, since: datetime) -> None:
-        """Load the containers that arrived since ``since``: evidence about them triggers a re-decision."""
+        """Load the containers that arrived since ``since``: evidence about them triggers a re-decision.
+        Then, in the background, finish what the node may have left undone when it last stopped."""
         self._arrived.update(await self._store.arrived_containers(since))
+        self._spawn(self._recover())
 
     def forget_before(self, cutoff: datetime) -> None:
         for container in [c for c, at in self._arrived.items() if at < cutoff]:
@@ -178,6 +184,11 @@ class Recognition:
         """New records were committed: (message ID, sender, body). Called by ingest (this node's gateways
         and national system) and by the receiver (partners), so it only looks, in memory, and spawns work
         when some is due: an arrival, an alarm, or evidence about a container that has arrived."""
+        for work in self._due(records):
+            self._spawn(work)
+
+    def _due(self, records: Iterable[tuple[UUID, str, Body]]) -> list[Coroutine[Any, Any, None]]:
+        """The work that these committed records call for, not started."""
         arrivals: list[tuple[UUID, SealEvent]] = []
         alarms: list[tuple[UUID, SealEvent]] = []
         touched: set[str] = set()
@@ -196,12 +207,36 @@ class Recognition:
                 refs.extend(body.consignment_refs)
             elif isinstance(body, UnsealAuthorization) and body.container in self._arrived:
                 touched.add(body.container)
+        due: list[Coroutine[Any, Any, None]] = []
         if arrivals:
-            self._spawn(self._arrive_events(arrivals))
+            due.append(self._arrive_events(arrivals))
         if alarms:
-            self._spawn(self._alarm_events(alarms))
+            due.append(self._alarm_events(alarms))
         if touched or refs:
-            self._spawn(self._evidence_changed(sorted(touched), refs))
+            due.append(self._evidence_changed(sorted(touched), refs))
+        return due
+
+    async def _recover(self) -> None:
+        """Do again the work of the records stored in the last `RECOVERY_WINDOW` before the node stopped.
+
+        That work runs after its records commit (`observe`), in memory: a node
+        killed in between would otherwise never decide on an arrival whose
+        seal event it holds, nor raise the alarm a tamper called for. All of it
+        is idempotent (the first arrival stands, a decision or an alarm the same
+        as the latest is not issued again), so after a clean stop this finds
+        nothing to do; it runs one batch at a time, beside the node's new work.
+        """
+        seq = await self._store.recent_start(RECOVERY_WINDOW) - 1
+        looked = 0
+        while page := await self._store.records_after(seq, _TRIGGERS, 500):
+            seq = page[-1][0]
+            bodies = [(mid, sender, body) for _, mid, sender, jws in page if (body := stored_body(jws)) is not None]
+            looked += len(bodies)
+            for work in self._due(bodies):
+                await work
+        if looked:
+            log.info("looked again at the %d records stored in the %s before the node last stopped", looked,
+                     RECOVERY_WINDOW)
 
     async def arrive(
         self, refs: list[ConsignmentReference], at: datetime, containers: tuple[str, ...] = ()

@@ -30,8 +30,9 @@ Durability contract, for every backend:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 from uuid import UUID
@@ -363,6 +364,14 @@ class Store(Protocol):
 
     async def arrived_containers(self, since: datetime) -> dict[str, datetime]:
         """Containers of consignments that arrived (were recorded) since ``since``, with their latest arrival."""
+        ...
+
+    async def recent_start(self, window: timedelta) -> int:
+        """The first commit sequence number of the records stored at most ``window`` before the latest one."""
+        ...
+
+    async def records_after(self, seq: int, types: Sequence[str], limit: int) -> list[tuple[int, UUID, str, bytes]]:
+        """(seq, message ID, sender, JWS) of the records of these message types after ``seq``, oldest first."""
         ...
 
     async def put_targeting(self, ref: ConsignmentReference, targeting: Targeting) -> None: ...

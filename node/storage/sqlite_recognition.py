@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID
 
@@ -246,6 +246,38 @@ async def arrived_containers(db: Db, since: datetime) -> dict[str, datetime]:
         (_ts(since),),
     )
     return {container: _dt(at) for container, at in rows}
+
+
+async def recent_start(db: Db, window: timedelta) -> int:
+    """The first ``seq`` of the records stored at most ``window`` before the latest one (1 past the end: none).
+
+    Found by bisection on ``seq``, which ``stored_at`` follows (both are the
+    commit order): some twenty look-ups by primary key, not a scan."""
+    last = await _all(db, "SELECT seq, stored_at FROM records ORDER BY seq DESC LIMIT 1", ())
+    if not last:
+        return 1
+    cutoff = _ts(_dt(last[0][1]) - window)
+    low, high = 0, int(last[0][0])  # the answer is in (low, high]
+    while high - low > 1:
+        middle = (low + high) // 2
+        row = await _all(db, "SELECT stored_at FROM records WHERE seq >= ? ORDER BY seq LIMIT 1", (middle,))
+        if row[0][0] >= cutoff:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+async def records_after(db: Db, seq: int, types: Sequence[str], limit: int) -> list[tuple[int, UUID, str, bytes]]:
+    """(seq, message ID, sender, JWS) of the records of these types after ``seq``, oldest first."""
+    marks = ", ".join("?" * len(types))
+    rows = await _all(
+        db,
+        f"SELECT seq, message_id, sender, jws FROM records WHERE seq > ? AND message_type IN ({marks})"
+        " ORDER BY seq LIMIT ?",
+        (seq, *types, limit),
+    )
+    return [(r[0], UUID(r[1]), r[2], bytes(r[3])) for r in rows]
 
 
 async def targeting(db: Db, ref: ConsignmentReference) -> list[Targeting]:
