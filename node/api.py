@@ -46,7 +46,7 @@ from .inputs import (
     ConsignmentReferenceIn,
     TargetingIn,
 )
-from .readmodel import alarm_json, consignment_view, container_view, decision_json, iso, ref_json
+from .readmodel import alarm_json, consignment_view, container_view, decided_json, iso, ref_json
 from .unsealing import Unsealing, state_of
 from .witness import MAX_REQUEST_BYTES, SIZE_MEDIA_TYPE, Conflict, Witness
 from .partners import Partners
@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 
 JWS_MEDIA_TYPE = "application/jose"
 MAX_EXCHANGE_BATCH = 1000
+MAX_POSITION = 10**18 - 1  # a catch-up cursor has at most 18 digits (docs/protocol.md)
 API_VERSION = "1"
 
 
@@ -262,7 +263,7 @@ class NodeApi:
         """Decide now, on demand, as of the arrival if there was one."""
         await self.access.authenticate(request.headers.get("Authorization"), "national")
         decided = await self.recognition.decide(self._consignment(request))
-        return json_response(decision_json(decided.body, decided.record, issued=decided.issued))
+        return json_response(await decided_json(decided, self.store))
 
     async def post_targeting(self, request: web.Request) -> web.Response:
         """National targeting: always wins over recognition; decided again at once if the consignment arrived."""
@@ -274,7 +275,7 @@ class NodeApi:
             {
                 "consignment": ref_json(ref),
                 "targeting": {"reference": data.reference, "reason": data.reason},
-                "decision": decision_json(decided.body, decided.record, issued=decided.issued) if decided else None,
+                "decision": await decided_json(decided, self.store) if decided else None,
             }
         )
 
@@ -396,8 +397,11 @@ class NodeApi:
             raise Problem(
                 "batch-too-large", f"the batch has {len(messages)} messages; send at most {MAX_EXCHANGE_BATCH}"
             )
+        position = _int_param(request, "cursor", 0, 0, MAX_POSITION)  # the batch's last catch-up position; 0: none
         results = await self.receiver.receive(partner, [m.encode("utf-8") for m in messages])
         counts = {s: sum(1 for r in results if r.status == s) for s in ("accepted", "duplicate", "rejected", "deferred")}
+        if position and not counts["deferred"]:  # all stored or answered: catch-up need not fetch them again
+            await self.deliveries.puller.advance(partner, position)
         return json_response({**counts, "results": [_message_json(r, request.path) for r in results]})
 
     async def get_partner_messages(self, request: web.Request) -> web.Response:

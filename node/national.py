@@ -18,7 +18,7 @@ from .deciding import Recognition
 from .ingest import Ingest, validate
 from .inputs import ArrivalIn, ItineraryIn, UnsealAuthorizationIn
 from .metrics import NodeMetrics
-from .readmodel import decision_json, iso
+from .readmodel import decided_json, iso
 from .routing import Router
 from .storage import Itinerary, Store
 from .unsealing import Unsealing
@@ -62,7 +62,7 @@ class NationalSystem:
         decided = await self._recognition.arrive(
             [c.to_domain() for c in given.consignments], given.arrived_at, tuple(given.containers)
         )
-        return {"decisions": [decision_json(d.body, d.record, issued=d.issued) for d in decided]}
+        return {"decisions": [await decided_json(d, self._store) for d in decided]}
 
     async def unseal_request(self, data: Any) -> dict[str, Any]:
         """An officer's request to open one lock here, once, within a window: the signed authorisation."""

@@ -266,7 +266,8 @@ def document() -> dict[str, Any]:
             "reasons": {"type": "array", "items": reason},
             "issued": {
                 "type": "boolean",
-                "description": "false: the same as the latest decision, so no new decision was issued",
+                "description": "false: the same as this node's latest decision, so none was issued; the answer"
+                " is then that standing decision, with its own message ID, decision ID and time",
             },
         },
     }
@@ -406,7 +407,10 @@ def document() -> dict[str, Any]:
         "required": ["messages", "cursor", "more"],
         "properties": {
             "messages": {"type": "array", "items": {"type": "string"}},
-            "cursor": {"type": ["string", "null"], "description": "pass as ?cursor= for the next page"},
+            "cursor": {
+                "type": ["string", "null"], "pattern": "^[0-9]{1,18}$",
+                "description": "the position of the page's last record, in decimal: pass as ?cursor= for the next page",
+            },
             "more": {"type": "boolean"},
         },
     }
@@ -638,6 +642,14 @@ def document() -> dict[str, Any]:
             "post": {
                 "summary": "A partner node delivers records; each is answered with a signed Receipt (docs/protocol.md)",
                 "security": _PARTNER,
+                "parameters": [
+                    {
+                        "name": "cursor", "in": "query",
+                        "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                        "description": "the catch-up position of the batch's last record: when none is deferred,"
+                        " the receiver's catch-up starts after it",
+                    },
+                ],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("MessageBatch")}}},
                 "responses": {
                     "200": _json(_ref("MessageBatchResult"), "Per-message results with receipts"),
@@ -652,7 +664,7 @@ def document() -> dict[str, Any]:
                 "parameters": [
                     node_param,
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
-                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"}},
                 ],
                 "responses": {"200": _json(_ref("MessagePage"), "A page of records"), **_problems(400, 401, 403, 409)},
             }

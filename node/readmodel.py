@@ -20,7 +20,7 @@ from uuid import UUID
 
 from mrx.schemas.messages import Alarm, ConsignmentReference, ControlResult, RecognitionDecision
 
-from .deciding import Recognition, stored_body
+from .deciding import Decided, Recognition, stored_body
 from .routing import Router
 from .sealchain import ChainEvent, ChainVerdict
 from .storage import AlarmEntry, SignedRecord, Store
@@ -59,6 +59,20 @@ def decision_json(body: RecognitionDecision, record: SignedRecord, *, issued: bo
     if issued is not None:
         out["issued"] = issued  # false: the same as the latest decision, so no new one was issued
     return out
+
+
+async def decided_json(decided: Decided, store: Store) -> dict[str, Any]:
+    """A decision just taken, as the API answers it: the new record, or, when none was issued (the same as the
+    latest), the standing decision, this node's latest stored for the consignment, with its own IDs and time."""
+    if decided.issued:
+        return decision_json(decided.body, decided.record, issued=True)
+    for entry in reversed(await store.decisions(decided.body.consignment_refs[0])):
+        if entry.sender != decided.record.sender:
+            continue  # a partner's decision
+        body, record = stored_body(entry.jws), await store.record(entry.message_id)
+        if isinstance(body, RecognitionDecision) and record is not None:
+            return decision_json(body, record, issued=False)
+    raise LookupError(f"no stored decision of {decided.record.sender} is the same as {decided.body.decision_id}")
 
 
 def alarm_json(entry: AlarmEntry) -> dict[str, Any]:

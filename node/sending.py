@@ -7,7 +7,8 @@ records were made, so per consignment too — with **one request in flight**
 at a time (the receipts of the batch before are checked meanwhile): a batch
 of up to ``[exchange] batch_size`` compact JWS, signed as
 a request (`mrx.node.partners.sign_request`), to the partner's
-``POST /v1/exchange/messages``. The rows are marked ``in-flight`` before the
+``POST /v1/exchange/messages?cursor=N``, N the catch-up position of the
+batch's last record (below). The rows are marked ``in-flight`` before the
 request and settled after it, from the partner's answer:
 
 - a verified positive receipt (new or a repeat's original) → ``delivered``,
@@ -37,11 +38,29 @@ queues them again; the partner answers the repeats with their original
 receipts, so each record is stored there once.
 
 Catch-up (`Puller`). When this node (re)starts, and every ``pull_seconds``,
-it asks each partner for what is addressed to it since its stored cursor
+it asks each partner for what is addressed to it after its stored cursor
 (``GET /v1/exchange/partners/{self}/messages``), page by page, and takes each
 page through the normal receiving path. A node that was down gets its backlog
-the moment it is back, without waiting for the partners' backoff; the cursor
-advances only past messages that were stored or answered.
+the moment it is back, without waiting for the partners' backoff.
+
+The cursor is a position in the partner's order of the records addressed to
+this node (its outbox IDs, in decimal), and it is the highest position this
+node holds, however the records came: a page moves it past what the page
+brought, and so does a push whose every message was stored or answered (the
+push names its last position, ``?cursor=``; `Puller.advance`), so a pull
+does not fetch again what came by push. It only ever moves forward, and
+only past messages that were stored or answered: a page or push with a
+``deferred`` message leaves it where it was. Positions below it that this
+node does not hold can only be records the partner still has queued (one it
+sent again after a later one was delivered, or one queued again with
+``mrx outbox retry``): its outbox pushes them. A database restored from a
+backup has the backup's cursor, so the next pull fetches everything after it.
+
+A page deferred for a key this node does not know yet (the partner rotated,
+or its keys were not fetched yet, as right after a start) makes the puller
+fetch the partner's keys at once and take the page again: once per pull, so
+a partner whose records name a key it never announces costs one key fetch
+per ``pull_seconds``, and the rest waits for the next pull.
 """
 
 from __future__ import annotations
@@ -51,9 +70,10 @@ import hashlib
 import json
 import logging
 import random
+import re
 import time
 from urllib.parse import urlencode
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +87,7 @@ from mrx.schemas.messages import Receipt
 from .config import Exchange, Partner
 from .metrics import NodeMetrics
 from .partners import Partners, read_capped, sign_request
-from .receiving import Receiver, verify_from
+from .receiving import MessageResult, Receiver, verify_from
 from .records import Refusal, VerifiedRecord
 from .signing import Signing
 from .storage import Delivery, DeliveryResult, OutboxItem, Store
@@ -79,8 +99,16 @@ MAX_RESPONSE_BYTES = 64 * 1_048_576
 MAX_BATCH_BYTES = 768 * 1024  # under a partner's default 1 MiB body limit
 
 
+_POSITION = re.compile(r"[0-9]{1,18}")  # a catch-up cursor: a position in the partner's order, in decimal
+
+
 def pull_path(node_id: str) -> str:
     return f"/v1/exchange/partners/{node_id}/messages"
+
+
+def _unknown_key(results: Sequence[MessageResult]) -> bool:
+    """Whether a message was deferred because this node does not know its key (yet)."""
+    return any(r.status == "deferred" and r.problem is not None and r.problem.code == "jws-unknown-kid" for r in results)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,8 +273,11 @@ class Sender:
 
     async def _post(self, items: list[OutboxItem]) -> list[_Answer]:
         body = json.dumps({"messages": [i.jws.decode("ascii") for i in items]}, separators=(",", ":")).encode()
-        auth = sign_request(self._key(), self._node_id, self.partner.node_id, "POST", EXCHANGE_PATH, body)
-        url = self.partner.base_url + EXCHANGE_PATH
+        # The catch-up position of the batch's last record: its outbox ID, by which `Store.addressed_to` pages too.
+        # The partner's pulls start after it once it has stored or answered the batch.
+        path = f"{EXCHANGE_PATH}?{urlencode({'cursor': max(i.outbox_id for i in items)})}"
+        auth = sign_request(self._key(), self._node_id, self.partner.node_id, "POST", path, body)
+        url = self.partner.base_url + path
         try:
             async with self._session.post(
                 url, data=body, headers={"Authorization": auth, "Content-Type": "application/json"},
@@ -272,8 +303,11 @@ class Sender:
             return DeliveryResult(item.outbox_id, Delivery.QUEUED, f"deferred: {answer.problem or 'no receipt'}")
         problem = self._receipt_problem(item, verdict)
         if problem is not None:
-            log.error("partner %s answered record %s with an invalid receipt: %s", self.partner.node_id,
-                      item.message_id, problem)
+            # A key not known yet (the partner's keys could not be fetched since it rotated) is expected to
+            # pass: the keys are fetched again (`verify_from`) and the record is sent again. Anything else is not.
+            unknown = isinstance(verdict, Refusal) and verdict.code == "jws-unknown-kid"
+            log.log(logging.WARNING if unknown else logging.ERROR, "partner %s answered record %s with an invalid "
+                    "receipt: %s", self.partner.node_id, item.message_id, problem)
             return DeliveryResult(item.outbox_id, Delivery.QUEUED, f"receipt-invalid: {problem}")
         assert isinstance(verdict, VerifiedRecord) and isinstance(verdict.message.body, Receipt)
         receipt = verdict.message.body
@@ -372,7 +406,7 @@ class Deliveries:
 
 
 class Puller:
-    """Catch-up: fetch what partners hold for this node since the stored cursor."""
+    """Catch-up: fetch what partners hold for this node after the highest position it holds."""
 
     def __init__(
         self, node_id: str, partners: Partners, store: Store, receiver: Receiver, key: Callable[[], SigningKey],
@@ -386,7 +420,8 @@ class Puller:
         self._session = session
         self._settings = settings
         self._metrics = metrics
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, asyncio.Lock] = {}  # one pull per partner at a time
+        self._cursor_locks: dict[str, asyncio.Lock] = {}  # one move of a partner's cursor at a time
 
     async def pull_all(self) -> int:
         partners = list(self._partners)
@@ -400,9 +435,9 @@ class Puller:
         """Pull one partner's backlog for this node; returns how many messages were taken in."""
         lock = self._locks.setdefault(partner.node_id, asyncio.Lock())
         async with lock:
-            taken = 0
-            cursor = await self._store.pull_cursor(partner.node_id)
+            taken, refreshed = 0, False
             while True:
+                cursor = await self._store.pull_cursor(partner.node_id)  # pushes move it too, also meanwhile
                 page = await self._page(partner, cursor)
                 if page is None:
                     return taken
@@ -411,12 +446,28 @@ class Puller:
                 taken += sum(1 for r in results if r.status == "accepted")
                 self._metrics.exchange_pulled.labels(partner.node_id).inc(len(tokens))
                 if any(r.status == "deferred" for r in results):
+                    if not refreshed and _unknown_key(results):
+                        refreshed = True
+                        log.info("catch-up from %s: a key not known yet; fetching its keys and trying again",
+                                 partner.node_id)
+                        await self._partners.refresh(partner.node_id)
+                        continue
                     return taken  # keep the cursor: these come again, in order
-                if after is not None and after != cursor:
-                    cursor = after
-                    await self._store.save_pull_cursor(partner.node_id, cursor)
+                if after is None or after == cursor:
+                    return taken  # nothing, or a page that does not move on
+                await self.advance(partner.node_id, int(after))
                 if not more:
                     return taken
+
+    async def advance(self, partner: str, position: int) -> None:
+        """This node stored or answered the partner's records up to ``position``: later pulls start after it.
+
+        Pages and pushes report positions in any order; the cursor keeps the highest."""
+        lock = self._cursor_locks.setdefault(partner, asyncio.Lock())
+        async with lock:
+            held = await self._store.pull_cursor(partner)
+            if held is None or position > int(held):
+                await self._store.save_pull_cursor(partner, str(position))
 
     async def _page(self, partner: Partner, cursor: str | None) -> tuple[list[bytes], str | None, bool] | None:
         path = pull_path(self._node_id) + f"?limit={self._settings.batch_size}"
@@ -442,8 +493,8 @@ class Puller:
             if not isinstance(messages, list) or not all(isinstance(m, str) and m.isascii() for m in messages):
                 raise ValueError("messages is not a list of compact JWS")
             after, more = doc["cursor"], doc["more"]
-            if not (after is None or (isinstance(after, str) and 0 < len(after) <= 64)) or not isinstance(more, bool):
-                raise ValueError("cursor is not an opaque string or more is not a boolean")
+            if not (after is None or (isinstance(after, str) and _POSITION.fullmatch(after))) or not isinstance(more, bool):
+                raise ValueError("cursor is not a position (decimal digits) or more is not a boolean")
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("catch-up from %s: not an exchange page (%s)", partner.node_id, exc)
             return None

@@ -251,9 +251,13 @@ def test_national_targeting_wins_and_an_on_demand_decision_says_so(corridor: lis
     assert status == 200, decision
     assert decision["outcome"] == "NOT_RECOGNISED"
     assert "NATIONAL_TARGETING" in [r["code"] for r in decision["reasons"]]
-    # The same evidence again: the same decision, and none issued.
+    # The same evidence again: the same decision, and none issued; the answer is the one stored.
     status, again = call(path + "/decision", dos.node.tokens["NCS"], method="POST")
     assert again["issued"] is False and again["reasons"] == decision["reasons"]
+    assert {k: again[k] for k in ("message_id", "decision_id", "decided_at")} == {
+        k: decision[k] for k in ("message_id", "decision_id", "decided_at")
+    }
+    assert Db(dos).value("SELECT COUNT(*) FROM records WHERE message_id = ?", (again["message_id"],)) == 1
 
 
 def test_bad_recognition_input_gets_problems(corridor: list[Member]) -> None:
