@@ -334,9 +334,11 @@ class Recognition:
         issued = await self._store.store_made(record, body, fingerprint=_fingerprint(body))
         if issued:
             log.info("decision on %s %s at %s: %s", ref.type.value, ref.id, self.office, decision.outcome.value)
-            for chain in decision.chains:
-                if chain.verdict is SealChainVerdict.BROKEN:
-                    await self._chain_alarm(chain, (ref,))
+        # Also when the decision was the same as the latest: a node stopped after the decision committed and
+        # before its alarm did raises the alarm now. One alarm per cause, so it is never raised twice.
+        for chain in decision.chains:
+            if chain.verdict is SealChainVerdict.BROKEN:
+                await self._chain_alarm(chain, (ref,))
         return Decided(decision, body, record, issued)
 
     async def _inspections(self, ref: ConsignmentReference) -> tuple[list[Inspection], dict[UUID, str]]:

@@ -4,7 +4,9 @@ A node decides on an arrival, and raises an alarm on a tamper, after the
 seal event commits (`Recognition.observe`). Here the node runs in this
 process with ``observe`` doing nothing, which leaves its database exactly as
 a SIGKILL in that moment would: the events are stored, the work is not done.
-Started again on the same files, the node must finish it, once.
+Started again on the same files, the node must finish it, once. So too for
+a decision that finds a seal chain broken: its alarm comes after the
+decision commits, and a node stopped in between raises it at its next start.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from mrx.node.config import NodeConfig
+from mrx.node.config import NodeConfig, load_config
 from mrx.node.deciding import Recognition
 from mrx.node.server import Node
 from tests import factories
-from tests.nodeproc import NodeDir, make_node
+from tests.corridor import Db, call, make_corridor
+from tests.nodeproc import NodeDir, NodeProcess, make_node
 
 CIM = factories.cim_note(70901)
 ARRIVING = factories.container(serial=409011)
@@ -101,3 +104,72 @@ async def test_an_arrival_and_a_tamper_stored_just_before_the_node_stopped_are_a
             assert await _alarms(session, url, dos) == alarms
     finally:
         await node.stop()
+
+
+async def test_a_broken_chain_decided_just_before_the_node_stopped_raises_its_alarm_at_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alashankou inspects and seals; the lock reports tamper; Dostyk decides on the arrival and is stopped before
+    its SEAL_CHAIN_BROKEN alarm is stored (``_chain_alarm`` doing nothing leaves the database as a SIGKILL then
+    would). At its next start the decision is not issued again, and the alarm is raised, once."""
+    akl, dos = make_corridor(tmp_path, [("CN-AKL", "CNAKL"), ("KZ-DOS", "KZDOS")])
+    with dos.node.config_path.open("a") as fh:
+        fh.write('\n[[agreements]]\nid = "KZ-DOS-CN-AKL-MRA"\npartner = "CN-AKL"\ncontrol_types = ["physical"]\n'
+                 'result_codes = ["A1"]\nrequire_intact_chain = true\n')
+    cim, container = factories.cim_note(70902), factories.container(serial=409013)
+    ref = {"type": "CIM", "id": cim}
+    itinerary = {"consignment": ref, "offices": ["CNAKL", "KZDOS"], "containers": [container]}
+    inspection = factories.control_result(
+        "CN-AKL-409013", consignment_refs=[ref], controlled_at="2026-11-22T03:59:00Z",
+        transport_equipment=[{"container": container, "seals_affixed": [{"id": "ES-0001", "type": "2"}]}],
+    )
+    sealed = factories.seal_event(seq=1, lock="LK-3", type="sealed", container=container, location={"locode": "CNAKL"},
+                                  consignment_refs=[ref])
+    tamper = factories.seal_event(seq=2, lock="LK-3", type="tamper", container=container, condition="4")
+    arrival = factories.seal_event(seq=3, lock="LK-3", container=container, location={"locode": "KZDOS"})
+    national, gateway = dos.node.tokens["NCS"], dos.node.tokens["GW-1"]
+
+    async def decisions_at(session: aiohttp.ClientSession, url: str) -> list[dict[str, Any]]:
+        view = await _call(session, "GET", f"{url}/v1/consignments/CIM/{cim}", national)
+        return [d for d in view["decisions"] if d["sender"] == "KZ-DOS"]
+
+    async def alarms_at(session: aiohttp.ClientSession, url: str) -> list[dict[str, Any]]:
+        alarms = (await _call(session, "GET", f"{url}/v1/alarms?container={container}", national))["alarms"]
+        return [a for a in alarms if a["raised_by"] == "KZ-DOS"]
+
+    async def holds_alashankous_records() -> bool:
+        held = dict(Db(dos).rows("SELECT message_type, COUNT(*) FROM records WHERE sender = 'CN-AKL' GROUP BY 1"))
+        return held.get("SealEventNotification") == 2 and held.get("ControlResultNotification") == 1
+
+    async def stopped_before_the_alarm(self: Recognition, *args: object) -> None:
+        return None
+
+    with NodeProcess(akl.node):
+        assert call(akl.url + "/v1/itineraries", akl.node.tokens["NCS"], itinerary)[0] == 200
+        assert call(akl.url + "/v1/control-results", akl.node.tokens["NCS"], inspection)[0] == 201
+        status, body = call(akl.url + "/v1/seal-events", akl.node.tokens["GW-1"], {"events": [sealed, tamper]})
+        assert status == 200 and body["accepted"] == 2, body
+        with monkeypatch.context() as patched:
+            patched.setattr(Recognition, "_chain_alarm", stopped_before_the_alarm)
+            node, url = await _started(load_config(dos.node.config_path))
+            try:
+                async with aiohttp.ClientSession() as session:
+                    await _call(session, "POST", f"{url}/v1/itineraries", national, itinerary)
+                    await _until(holds_alashankous_records, "Alashankou's records at Dostyk")
+                    await _call(session, "POST", f"{url}/v1/seal-events", gateway, arrival)
+                    decisions = await _until(lambda: decisions_at(session, url), "the decision on the arrival")
+                    assert [r["code"] for r in decisions[0]["reasons"]] == ["SEAL_CHAIN_BROKEN"]
+                    assert await alarms_at(session, url) == []
+            finally:
+                await node.stop()
+
+    node, url = await _started(load_config(dos.node.config_path))
+    try:
+        async with aiohttp.ClientSession() as session:
+            await _until(lambda: alarms_at(session, url), "the alarm on the broken chain")
+            await asyncio.sleep(1)
+            after, alarms = await decisions_at(session, url), await alarms_at(session, url)
+    finally:
+        await node.stop()
+    assert after == decisions  # the same decision, not issued again
+    assert [a["type"] for a in alarms] == ["SEAL_CHAIN_BROKEN"]
