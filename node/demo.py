@@ -31,7 +31,10 @@ The corridor (`Corridor`)
     upstream, so Dostyk's authorised opening counts at Małaszewicze), a
     national-system adapter (file exchange; NCTS-style at the EU end), quick
     retries and a checkpoint every second. Credentials: one gateway, one
-    national system, one auditor per node.
+    national system, one auditor per node. The chaos run
+    (tests/demo/test_chaos.py) plays the same day with a fault proxy in
+    front of each node (`Node.front`: its partners and gateways go through
+    it) and nodes killed and started again (`Corridor.kill`, `start_node`).
 
 Playing the day (`Gateways`)
     The national system at Chongqing files the inspections as a CSV in its
@@ -222,6 +225,7 @@ class Node:
     port: int
     tokens: dict[str, str] = field(default_factory=dict)  # role -> bearer credential
     process: ServerProcess | None = None
+    front: str | None = None  # the URL of something in front of the node (a proxy, say); None: nothing is
 
     @property
     def node_id(self) -> str:
@@ -233,7 +237,13 @@ class Node:
 
     @property
     def url(self) -> str:
+        """Where the node listens: its national system and auditor call it here."""
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def public_url(self) -> str:
+        """Where its partners and its gateways reach it, over the network: through `front`, if set."""
+        return self.front or self.url
 
     @property
     def exchange_dir(self) -> Path:
@@ -251,7 +261,11 @@ class Node:
 
 
 class Corridor:
-    """The four nodes: created as an operator would, started as separate processes, always stopped."""
+    """The four nodes: created as an operator would, started as separate processes, always stopped.
+
+    A node can be killed (SIGKILL) and started again on its directory and
+    port; each of its processes' logs is kept, in turn, in its ``node.log``.
+    """
 
     def __init__(self, base: Path) -> None:
         self.base = base
@@ -286,7 +300,7 @@ class Corridor:
         for other in self.nodes:
             if other is node:
                 continue
-            lines += ["[[partners]]", f'node_id = "{other.node_id}"', f'url = "{other.url}"',
+            lines += ["[[partners]]", f'node_id = "{other.node_id}"', f'url = "{other.public_url}"',
                       f'anchors = ["{other.anchor()}"]', f'offices = ["{other.office.locode}"]',
                       f'log_key = "{other.log_key()}"', ""]
         for upstream in OFFICES[:me]:
@@ -300,24 +314,37 @@ class Corridor:
         return "\n".join(lines)
 
     def start(self) -> None:
-        def start(node: Node) -> None:
-            node.process = ServerProcess(
-                [sys.executable, "-m", "mrx.node.cli", "serve", "--config", str(node.config_path)],
-                env={"PYTHONUNBUFFERED": "1"},
-            )
-            node.process.what = f"node {node.node_id}"
-            node.process.start(timeout=60)
-
         with ThreadPoolExecutor(len(self.nodes)) as pool:
-            list(pool.map(start, self.nodes))
+            list(pool.map(self.start_node, self.nodes))
+
+    def start_node(self, node: Node) -> None:
+        """``mrx serve`` for one node, as a separate process; returns once it listens. Blocks."""
+        node.process = ServerProcess(
+            [sys.executable, "-m", "mrx.node.cli", "serve", "--config", str(node.config_path)],
+            env={"PYTHONUNBUFFERED": "1"},
+        )
+        node.process.what = f"node {node.node_id}"
+        node.process.start(timeout=60)
+
+    def kill(self, node: Node) -> None:
+        """SIGKILL the node's process, as a power cut would; `start_node` brings it back."""
+        if (process := node.process) is not None:
+            process.kill()
+            self._ended(node, process)
 
     def stop(self) -> None:
         for node in self.nodes:
-            if node.process is not None:
-                node.process.stop()
-                log = node.process.stderr()
-                if log:
-                    (node.directory / "node.log").write_text(log)
+            if (process := node.process) is not None:
+                process.stop()
+                self._ended(node, process)
+
+    @staticmethod
+    def _ended(node: Node, process: ServerProcess) -> None:
+        """The node's process has ended: its log joins the node's ``node.log``."""
+        node.process = None
+        if log := process.stderr():
+            with (node.directory / "node.log").open("a") as out:
+                out.write(log)
 
 
 def _free_port() -> int:
@@ -340,7 +367,8 @@ class Api:
         self.session = session
 
     async def call(self, node: Node, method: str, path: str, role: str = "national", body: Any = None) -> Any:
-        """One API call; a node that cannot be reached (restarting, say) is tried again for up to a minute."""
+        """One API call; a node that cannot be reached, or that stops mid-answer (restarting, say), is tried again
+        for up to a minute."""
         headers = {"Authorization": f"Bearer {node.tokens[role]}"}
         deadline, pause = time.monotonic() + 60, 0.1
         while True:
@@ -348,7 +376,7 @@ class Api:
                 async with self.session.request(method, node.url + path, json=body, headers=headers) as response:
                     text = await response.text()
                     break
-            except aiohttp.ClientConnectionError as exc:
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
                 if time.monotonic() > deadline:
                     raise DemoFailed(f"{node.node_id} cannot be reached at {node.url}: {exc}") from None
                 await asyncio.sleep(pause)
@@ -403,7 +431,11 @@ class Gateways:
 
     Implements the simulator's `Gateway`: `simulator.play` hands it the
     deliveries in order, and it hands each to that node's `HttpGateway`
-    after doing what the border would do first (module docstring).
+    after doing what the border would do first (module docstring). Like a
+    real gateway, it keeps a delivery until the node takes it: a node that
+    cannot be reached, or answers 5xx, is tried again every 2 s at most for
+    about a minute, as `Api` does; an event sent again whose first answer
+    was lost is answered ``duplicate``, as the record the node holds.
     """
 
     def __init__(self, corridor: Corridor, day: Day, api: Api, timeline: Timeline) -> None:
@@ -419,6 +451,7 @@ class Gateways:
             for j in day.journeys for border in BORDERS if (event := _arrival(j, border.locode)) is not None
         }
         self.arrivals: list[Arrival] = []
+        self.sent: dict[str, list[GatewayEvent]] = defaultdict(list)  # node ID -> the events handed to it, as sent
         self.waiting: set[asyncio.Task[None]] = set()
         self.gap_reported: dict[str, datetime] = {}  # train -> when its last radio gap was told
         self.decided: Counter[tuple[str, str]] = Counter()  # (train, border) -> containers decided
@@ -433,7 +466,9 @@ class Gateways:
 
     async def __aenter__(self) -> Gateways:
         for node in self.corridor.nodes:
-            gateway = simulator.HttpGateway(node.url, node.tokens["gateway"])
+            # Tries again after 0.2, 0.4, 0.8, 1.6, then every 2 s: 35 sends take about a minute.
+            gateway = simulator.HttpGateway(node.public_url, node.tokens["gateway"], backoff=0.2, max_wait=2.0,
+                                            max_attempts=35)
             self.http[node.node_id] = await gateway.__aenter__()
         return self
 
@@ -460,6 +495,7 @@ class Gateways:
         if border is not None and not delivery.backfill:
             await self._upstream_delivered(node)
             arrival = Arrival(journey, border, time.monotonic())
+        self.sent[node.node_id].extend(delivery.events)
         outcome = await self.http[node.node_id].send(delivery)
         if outcome.rejected:
             raise DemoFailed(f"{node.node_id} refused {journey.container}'s event: {', '.join(outcome.problems)}")
@@ -715,28 +751,15 @@ class DayResult:
     files: dict[str, int] = field(default_factory=dict)  # node -> files its national system received
 
 
+API_TIMEOUT = aiohttp.ClientTimeout(total=60)
+
+
 async def play_day(corridor: Corridor, day: Day, base: Path, timeline: Timeline) -> DayResult:
     checks = Checks()
     result = DayResult(day, checks)
-    timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    async with aiohttp.ClientSession(timeout=API_TIMEOUT) as session:
         api = Api(session)
-        for journey in day.journeys:
-            for node in corridor.nodes:
-                await api.call(node, "POST", "/v1/itineraries", body=journey.itinerary())
-        timeline.say("all", f"each national system registered the {len(day.journeys)} consignments' itineraries "
-                            "(Chongqing → Alashankou → Dostyk → Almaty → Brest → Małaszewicze → Duisburg)")
-        origin = corridor.nodes[0]
-        inbox = origin.exchange_dir / "inbox"
-        (inbox / ".control-results-today.csv.part").write_text(inspections_csv(day))
-        os.replace(inbox / ".control-results-today.csv.part", inbox / "control-results-today.csv")
-        deadline = time.monotonic() + 60
-        while inbox.joinpath("control-results-today.csv").exists() and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        codes = Counter(day.results.values())
-        timeline.say(origin.node_id, f"national system files {len(day.journeys)} inspections (CSV, file adapter): "
-                                     + ", ".join(f"{n} × {c}" for c, n in sorted(codes.items()))
-                                     + "; each signed and sent to the nodes down the route")
+        await open_day(api, corridor, day, timeline)
         async with Gateways(corridor, day, api, timeline) as gateways:
             tally = await simulator.play(day.journeys, gateways, concurrency=1)
             await gateways.settled()
@@ -744,12 +767,37 @@ async def play_day(corridor: Corridor, day: Day, base: Path, timeline: Timeline)
         checks.check(tally.rejected == 0 and tally.accepted == tally.sent,
                      f"gateways: {tally.summary()}")
         timeline.say("all", "the day is over; checking what every node holds")
-        result.decisions = await check_decisions(api, corridor, day, checks)
-        result.exchange = await exchanged(api, corridor, checks)
-        result.checkpoints = await witnessed(api, corridor, checks)
+        await close_day(api, corridor, result)
     result.files = national_files(corridor, checks)
     evidence(corridor, day, base, checks, timeline)
     return result
+
+
+async def open_day(api: Api, corridor: Corridor, day: Day, timeline: Timeline) -> None:
+    """Before the first train: every national system registers the itineraries, Chongqing's files the inspections."""
+    for journey in day.journeys:
+        for node in corridor.nodes:
+            await api.call(node, "POST", "/v1/itineraries", body=journey.itinerary())
+    timeline.say("all", f"each national system registered the {len(day.journeys)} consignments' itineraries "
+                        "(Chongqing → Alashankou → Dostyk → Almaty → Brest → Małaszewicze → Duisburg)")
+    origin = corridor.nodes[0]
+    inbox = origin.exchange_dir / "inbox"
+    (inbox / ".control-results-today.csv.part").write_text(inspections_csv(day))
+    os.replace(inbox / ".control-results-today.csv.part", inbox / "control-results-today.csv")
+    deadline = time.monotonic() + 60
+    while inbox.joinpath("control-results-today.csv").exists() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    codes = Counter(day.results.values())
+    timeline.say(origin.node_id, f"national system files {len(day.journeys)} inspections (CSV, file adapter): "
+                                 + ", ".join(f"{n} × {c}" for c, n in sorted(codes.items()))
+                                 + "; each signed and sent to the nodes down the route")
+
+
+async def close_day(api: Api, corridor: Corridor, result: DayResult) -> None:
+    """The checks through the nodes' APIs: decisions, deliveries and receipts, cosigned checkpoints."""
+    result.decisions = await check_decisions(api, corridor, result.day, result.checks)
+    result.exchange = await exchanged(api, corridor, result.checks)
+    result.checkpoints = await witnessed(api, corridor, result.checks)
 
 
 def run_day(base: Path, *, seed: int, containers: int, out: TextIO) -> DayResult:
