@@ -28,10 +28,10 @@ from . import auditlog, evidence
 from .storage.sqlite_audit import AuditQuery
 
 from .access import new_credential
-from .config import CONFIG_NAME, DEFAULT_PORT, ConfigError, NodeConfig, load_config, write_new_config
+from .config import CONFIG_NAME, DEFAULT_HOST, DEFAULT_PORT, ConfigError, NodeConfig, load_config, write_new_config
 from .server import configure_logging, default_node_dir, run_event_loop, serve
 from .storage import Delivery
-from .storage.sqlite import SqliteStore
+from .storage.sqlite import SchemaTooNew, SqliteStore
 
 DEFAULT_NODE_ID = "CN-CQI"
 DEFAULT_OFFICE = "CNCQI"
@@ -53,11 +53,11 @@ def _load(args: argparse.Namespace) -> NodeConfig:
     return load_config(_config_path(args))
 
 
-def init_node(directory: Path, node_id: str, office: str, port: int) -> NodeConfig:
+def init_node(directory: Path, node_id: str, office: str, port: int, host: str = DEFAULT_HOST) -> NodeConfig:
     """Create a node: config, key store, database. Refuses an existing node."""
     if (directory / CONFIG_NAME).exists():
         raise CommandError(f"{directory / CONFIG_NAME} exists: a node is already initialised there")
-    config_path = write_new_config(directory, node_id, office, port)
+    config_path = write_new_config(directory, node_id, office, port, host)
     config = load_config(config_path)
     KeyStore.create(config.keys_path).note_key()  # the audit log's key too: partners need it before the first start
     config.data_path.mkdir(parents=True, exist_ok=True)
@@ -71,7 +71,7 @@ def init_node(directory: Path, node_id: str, office: str, port: int) -> NodeConf
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    config = init_node(Path(args.dir), args.node_id, args.office, args.port)
+    config = init_node(Path(args.dir), args.node_id, args.office, args.port, args.host)
     key = KeyStore.open(config.keys_path).signing_key
     print(f"initialised node {config.node_id} ({config.office}) in {Path(args.dir).resolve()}")
     print(f"  config:  {Path(args.dir).resolve() / CONFIG_NAME}")
@@ -209,7 +209,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise CommandError("give an evidence bundle (mrx verify BUNDLE) or a tiles export (mrx verify --log DIR)")
     try:
         log_key = VerifierKey.parse(args.log_key) if args.log_key else None
-        witnesses = [VerifierKey.parse(k) for k in args.witness_key] if args.witness_key is not None else None
+        witnesses = [_witness_key(k) for k in args.witness_key] if args.witness_key is not None else None
     except NoteError as exc:
         raise CommandError(f"--log-key / --witness-key: {exc}") from None
     if args.log is not None:
@@ -246,6 +246,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     records = len({v.subject for v in verdicts if v.check == "inclusion"})
     print(f"{records} records, {len(verdicts)} checks, {failed} failed")
     return 1 if failed else 0
+
+
+def _witness_key(text: str) -> VerifierKey:
+    """A witness's cosigning key (type 0x04), also from its node's log key as `mrx log key` prints it (type 0x01).
+
+    An mrx node witnesses with its log key, so the key its operator hands over names its cosignatures too."""
+    key = VerifierKey.parse(text)
+    return key.cosigning() if key.kind == notes.ED25519 else key
 
 
 def cmd_evidence(args: argparse.Namespace) -> int:
@@ -319,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-id", required=True, help="this node's ID, e.g. CN-AKL")
     p.add_argument("--office", required=True, help="UN/LOCODE of the customs office, e.g. CNAKL")
     p.add_argument("--dir", required=True, help="directory to create the node in")
+    p.add_argument("--host", default=DEFAULT_HOST,
+                   help=f"listen address (default {DEFAULT_HOST}: this host only; 0.0.0.0 in a container)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"HTTP port (default {DEFAULT_PORT}; 0: any)")
     p.set_defaults(func=cmd_init)
 
@@ -390,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-key", metavar="VKEY",
                    help="the log's note verifier key (name+id+key), taken from its operator; default: the bundle's")
     p.add_argument("--witness-key", action="append", metavar="VKEY",
-                   help="a witness's cosigning key that must have cosigned; repeatable; default: the bundle's")
+                   help="a witness that must have cosigned: its node's log key (mrx log key) or its cosigning key; "
+                        "repeatable; default: the bundle's")
     p.add_argument("--anchor", action="append", metavar="OWNER=THUMBPRINT",
                    help="a signer's key anchor (RFC 7638 thumbprint); default: its first statement")
     p.add_argument("--since", metavar="CHECKPOINT", help="a checkpoint you hold: the bundle's must extend it")
@@ -436,7 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CommandError, ConfigError, KeyStoreError) as exc:
+    except (CommandError, ConfigError, KeyStoreError, SchemaTooNew) as exc:
         print(f"mrx: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ ends up accepting what its operator meant to refuse.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from pathlib import Path
@@ -21,6 +22,7 @@ from mrx.schemas.codes import ControlResultCode, ControlType
 
 CONFIG_NAME = "mrx.toml"
 DEFAULT_PORT = 8470
+DEFAULT_HOST = "127.0.0.1"  # this host only: partners reach the node through a TLS terminator
 
 NodeId = Annotated[str, Field(pattern=r"^[A-Z]{2}-[A-Z0-9]{2,16}$")]
 Locode = Annotated[str, Field(pattern=r"^[A-Z]{2}[A-Z2-9]{3}$")]
@@ -209,7 +211,7 @@ class NodeConfig(BaseModel):
 
     node_id: NodeId
     office: Locode
-    host: str = "127.0.0.1"
+    host: str = DEFAULT_HOST
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)  # 0: any free port
     data_dir: str = "data"
     keys_dir: str = "keys"
@@ -304,7 +306,7 @@ def _explain(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def render_config(node_id: str, office: str, port: int) -> str:
+def render_config(node_id: str, office: str, port: int, host: str = DEFAULT_HOST) -> str:
     """The text of a new node's ``mrx.toml``, commented for its operator."""
     return f"""\
 # mrx node configuration. Paths are relative to this file.
@@ -312,7 +314,7 @@ def render_config(node_id: str, office: str, port: int) -> str:
 
 node_id = "{node_id}"      # this node's ID in message headers (CC-XXX)
 office = "{office}"        # UN/LOCODE of the customs office this node serves
-host = "127.0.0.1"
+host = {json.dumps(host)}  # listen address (mrx init --host); partners come through a TLS terminator
 port = {port}
 data_dir = "data"          # SQLite database
 keys_dir = "keys"          # signing keys (private keys are mode 0600)
@@ -364,9 +366,9 @@ checkpoint_seconds = 60    # sign a checkpoint this often when the log has grown
 """
 
 
-def write_new_config(directory: Path, node_id: str, office: str, port: int) -> Path:
+def write_new_config(directory: Path, node_id: str, office: str, port: int, host: str = DEFAULT_HOST) -> Path:
     """Write ``mrx.toml`` in ``directory``; refuse to overwrite an existing one."""
-    NodeConfig.model_validate({"node_id": node_id, "office": office, "port": port})
+    NodeConfig.model_validate({"node_id": node_id, "office": office, "host": host, "port": port})
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / CONFIG_NAME
     try:
@@ -374,5 +376,5 @@ def write_new_config(directory: Path, node_id: str, office: str, port: int) -> P
     except FileExistsError:
         raise ConfigError(f"{path} exists: a node is already initialised in {directory}") from None
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(render_config(node_id, office, port))
+        fh.write(render_config(node_id, office, port, host))
     return path

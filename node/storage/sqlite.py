@@ -33,6 +33,8 @@ and exports read through a third connection on a thread of its own
 one hop, as for the writer.
 Schema versions live in ``PRAGMA user_version``; migrations are the numbered
 ``.sql`` files in ``migrations/sqlite`` and run at open, in one transaction.
+A database whose version is past the latest migration here (an operator
+went back to an older mrx) is refused at open, untouched (`SchemaTooNew`).
 """
 
 from __future__ import annotations
@@ -110,6 +112,10 @@ def _migrations() -> list[tuple[int, str]]:
 
 class StoreClosed(RuntimeError):
     pass
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer mrx than this one: refused, and left as it is."""
 
 
 @dataclass(slots=True)
@@ -789,10 +795,21 @@ def open_reader(path: Path) -> sqlite3.Connection:
 
 
 def _migrate(db: sqlite3.Connection) -> None:
+    """Bring the schema to this code's latest migration; refuse (`SchemaTooNew`) one that is past it."""
     db.execute("BEGIN IMMEDIATE")  # before reading the version: two processes may open at once
     try:
         (version,) = db.execute("PRAGMA user_version").fetchone()
-        for number, sql in _migrations():
+        migrations = _migrations()
+        latest = migrations[-1][0]
+        if version > latest:
+            # An older mrx on a newer schema would misread it or write what the newer one cannot read.
+            path = db.execute("PRAGMA database_list").fetchone()[2]
+            raise SchemaTooNew(
+                f"the database {path} has schema version {version}, but this mrx knows schema versions up to"
+                f" {latest}: a newer mrx migrated it. Install that newer mrx again, or restore the database"
+                " backup taken before the upgrade (docs/operations.md, Upgrading); the database was not changed"
+            )
+        for number, sql in migrations:
             if number <= version:
                 continue
             log.info("applying schema migration %04d", number)

@@ -170,3 +170,90 @@ def test_serve_without_config_creates_a_default_node_and_stops_on_sigterm(tmp_pa
             proc.kill()
     config = load_config(tmp_path / "mrx-data" / "mrx.toml")
     assert (config.node_id, config.office, config.port) == ("CN-CQI", "CNCQI", 8470)
+
+
+def test_init_writes_the_listen_address_it_is_given(tmp_path: Path) -> None:
+    done = mrx("init", "--node-id", "KZ-DOS", "--office", "KZDOS", "--dir", str(tmp_path / "c"), "--host", "0.0.0.0")
+    assert done.returncode == 0, done.stderr
+    assert load_config(tmp_path / "c" / "mrx.toml").host == "0.0.0.0"
+    mrx("init", "--node-id", "KZ-DOS", "--office", "KZDOS", "--dir", str(tmp_path / "d"))
+    assert load_config(tmp_path / "d" / "mrx.toml").host == "127.0.0.1"  # the default: this host only
+
+
+def test_every_command_refuses_a_database_a_newer_mrx_migrated_and_leaves_it_as_it_was(tmp_path: Path) -> None:
+    mrx("init", "--node-id", "CN-AKL", "--office", "CNAKL", "--dir", str(tmp_path), "--port", "0")
+    database = tmp_path / "data" / "mrx.sqlite3"
+    db = sqlite3.connect(database)
+    (latest,) = db.execute("PRAGMA user_version").fetchone()
+    db.execute(f"PRAGMA user_version = {latest + 1}")
+    db.close()  # the last connection: its WAL is checkpointed into the file
+    before = database.read_bytes()
+    cfg = ["--config", str(tmp_path / "mrx.toml")]
+    for command in (["serve", *cfg], ["gateway", "add", "GW-1", "--locks", "LK-*", *cfg], ["outbox", "list", *cfg],
+                    ["log", "checkpoint", *cfg]):
+        done = mrx(*command)
+        assert done.returncode == 1, (command, done.stdout, done.stderr)
+        assert f"schema version {latest + 1}" in done.stderr and f"up to {latest}" in done.stderr, done.stderr
+        assert "restore the database backup taken before the upgrade" in done.stderr and "Traceback" not in done.stderr
+        assert database.read_bytes() == before, command
+
+
+def _cosigned_bundle(directory: Path) -> tuple[Path, str, str]:
+    """An evidence bundle of one CN-AKL record whose checkpoint KZ-DOS cosigned; CN-AKL's and KZ-DOS's log keys."""
+    import asyncio
+    from datetime import datetime, timezone
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from mrx.keys import notes
+    from mrx.keys.keyring import KeyStore
+    from mrx.node import auditlog, evidence
+    from mrx.node.inputs import SealEventIn
+    from mrx.node.records import RecordSigner
+    from mrx.node.storage.sqlite import SqliteStore
+    from mrx.node.storage.sqlite_rows import insert_records
+    from tests import factories
+
+    keys = KeyStore.create(directory / "keys")
+    record = RecordSigner("CN-AKL", lambda: keys.signing_key).sign(
+        SealEventIn.model_validate(factories.seal_event(seq=1)).to_domain("GW-1", datetime.now(timezone.utc))
+    )
+
+    async def store() -> None:
+        s = await SqliteStore.open(directory / "mrx.sqlite3")
+        await s.log_write(lambda db: insert_records(db, [record], "2026-11-22T00:00:00Z", deliver=False))
+        await s.close()
+
+    asyncio.run(store())
+    log = notes.NoteSigner("mrx/CN-AKL", Ed25519PrivateKey.generate())
+    dos_key = Ed25519PrivateKey.generate()
+    witness = notes.NoteSigner("mrx/KZ-DOS", dos_key, notes.COSIGNATURE_V1)
+    with sqlite3.connect(directory / "mrx.sqlite3") as db:
+        head = auditlog.tree_head(db)
+        checkpoint = notes.sign_checkpoint(notes.Checkpoint(log.name, head.size, head.root), log)
+        cosigned = checkpoint.with_lines([witness.cosign(checkpoint.text, 1_795_000_000)])
+        bundle = evidence.build(db, node_id="CN-AKL", log_key=log.verifier, witness_keys=[],
+                                checkpoint=(head.size, str(cosigned)), key_statements={"CN-AKL": keys.statements()},
+                                message_ids=[str(record.message_id)])
+    path = directory / "bundle.json"
+    path.write_text(json.dumps(bundle))
+    return path, str(log.verifier), str(notes.NoteSigner("mrx/KZ-DOS", dos_key).verifier)
+
+
+def test_verify_takes_a_witness_key_as_its_operator_gives_it(tmp_path: Path) -> None:
+    from mrx.keys.notes import VerifierKey
+
+    bundle, log_key, dos_log_key = _cosigned_bundle(tmp_path)
+    assert VerifierKey.parse(dos_log_key).kind == 0x01  # what `mrx log key` prints on KZ-DOS
+    for given in (dos_log_key, str(VerifierKey.parse(dos_log_key).cosigning())):
+        done = mrx("verify", str(bundle), "--log-key", log_key, "--witness-key", given)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "ok    mrx/KZ-DOS: cosignature" in done.stdout, done.stdout
+    stranger = mrx("log", "key", "--config", str(_node(tmp_path / "stranger")))
+    done = mrx("verify", str(bundle), "--log-key", log_key, "--witness-key", stranger.stdout.strip())
+    assert done.returncode == 1 and "FAIL" in done.stdout
+
+
+def _node(directory: Path) -> Path:
+    mrx("init", "--node-id", "KZ-ALA", "--office", "KZALA", "--dir", str(directory))
+    return directory / "mrx.toml"
