@@ -26,7 +26,8 @@ later. The secret is read from ``secret_file`` (one line; keep it mode 0600).
 Answers: 2xx is delivered. 408, 425, 429 and 5xx, timeouts and refused
 connections are retried by the node with capped backoff, the same event again,
 so order holds. Any other status is a permanent refusal: retrying the same
-bytes cannot help; it is recorded (``mrx adapters``) and delivery goes on.
+bytes cannot help; it is kept in the node's ``adapter_failures`` table, logged
+and counted as ``refused`` in ``mrx_adapter_deliveries_total``, and delivery goes on.
 """
 
 from __future__ import annotations

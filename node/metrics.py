@@ -97,7 +97,8 @@ class NodeMetrics:
         # National-system adapters (mrx.node.outbound)
         self.adapter_deliveries = Counter(
             "mrx_adapter_deliveries", "Records offered to national-system adapters, by outcome (delivered, "
-            "failed: retried later, refused: skipped for good, see mrx adapters)", ["adapter", "outcome"], registry=r,
+            "failed: retried later, refused: skipped for good, logged and kept in the adapter_failures table)",
+            ["adapter", "outcome"], registry=r,
         )
         self.adapter_backlog = Gauge(
             "mrx_adapter_backlog", "Records waiting for a national-system adapter", ["adapter"], registry=r

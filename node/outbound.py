@@ -17,7 +17,8 @@ again so that order holds, after an exponential backoff with full jitter,
 capped at ``[exchange] retry_max_seconds`` (minutes, never hours): a
 national system back after an hour's outage is reached within that cap.
 ``DeliveryFailed(permanent=True)`` means retrying cannot help: the record is
-kept in ``adapter_failures`` with the reason (``mrx adapters``, metrics), and
+kept in the database's ``adapter_failures`` table with the reason, logged at
+WARNING and counted as ``refused`` in ``mrx_adapter_deliveries_total``, and
 delivery goes on. A feed that has caught up sleeps until the store commits
 again (`wake`) or a sweep interval passes.
 """

@@ -47,8 +47,7 @@ secret() {  # a random password, 32 letters and digits
 # 1. and 2.
 for spec in $NODES; do
     node_id=${spec%%:*}; rest=${spec#*:}; office=${rest%%:*}; dir=${rest#*:}
-    mrx init --node-id "$node_id" --office "$office" --dir "$CORRIDOR/$dir" --port 8470
-    sed -i 's/^host = .*/host = "0.0.0.0"/' "$CORRIDOR/$dir/mrx.toml"
+    mrx init --node-id "$node_id" --office "$office" --dir "$CORRIDOR/$dir" --host 0.0.0.0 --port 8470
     mrx keys list --config "$CORRIDOR/$dir/mrx.toml" | awk '$3 == "active" {print $1}' > "$CORRIDOR/$dir/anchor"
     mrx log key --config "$CORRIDOR/$dir/mrx.toml" > "$CORRIDOR/$dir/log-key"
 done

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-import yaml  # PyYAML: a dependency of schemathesis, which the test extra installs
+import yaml
 from pydantic import BaseModel
 
 from mrx.adapters.files import FileOptions, NctsOptions
@@ -230,6 +230,16 @@ def test_every_option_says_whether_it_is_required_and_its_default_is_the_codes(e
     assert not undocumented, f"{example.name}: say 'Required' or '(default ...)' for {sorted(undocumented)}"
 
 
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
+def test_max_inflight_is_described_as_the_listener_uses_it(example: Path) -> None:
+    """adapters/mqtt.py: held unacknowledged until the commit; at the limit the listener stops reading the
+    connection and the rest wait at the broker; the broker's own window must be at least as large."""
+    (comment,) = [c for model, key, c in documented_options(example.read_text()) if key == "max_inflight"]
+    for says in ("unacknowledged", "after its commit", "stops reading the broker's connection",
+                 "wait at the broker", "max_inflight_messages", "at least as large"):
+        assert says in comment, f"{example.name}: [mqtt] max_inflight's comment does not say {says!r}"
+
+
 def test_the_border_example_and_the_mosquitto_example_agree() -> None:
     config = tomllib.loads((DEPLOY / "config" / "border-node.toml").read_text())["mqtt"]
     broker = _directives(DEPLOY / "mosquitto" / "mosquitto.conf")
@@ -269,6 +279,25 @@ def test_the_unit_runs_mrx_serve_on_the_node_directory_it_owns_as_its_own_user()
     assert Path(service["WorkingDirectory"]) == node_dir
     assert service["User"] not in ("root", "0") and service["StateDirectoryMode"] == "0700"
     assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+# An absolute path to a node's directory, its config or anything in it, as the pages and deploy/ write them.
+_NODE_PATH = re.compile(r"(/(?:var/lib|srv|opt|etc)/[\w.-]+(?:/[\w.-]+)*)")
+
+
+def test_every_page_puts_the_node_directory_where_the_unit_does() -> None:
+    """One node directory, the unit's state directory, in the operator's pages and every file of deploy/."""
+    node_dir = Path("/var/lib") / _unit()["Service"]["StateDirectory"]
+    pages = [REPO / "docs" / "operations.md", REPO / "docs" / "audit.md",
+             *(p for p in sorted(DEPLOY.rglob("*")) if p.is_file())]
+    wrong = []
+    for page in pages:
+        for path in map(Path, _NODE_PATH.findall(page.read_text())):
+            of_a_node = path.name == CONFIG_NAME or (path.is_relative_to("/var/lib") and path.parts[3].startswith("mrx"))
+            where = path.relative_to(node_dir).parts[:1] if path.is_relative_to(node_dir) else None
+            if of_a_node and where not in ((), (CONFIG_NAME,), ("data",), ("keys",)):
+                wrong.append(f"{page.relative_to(REPO)}: {path}")
+    assert not wrong, f"node paths other than {node_dir} (its {CONFIG_NAME}, data/, keys/): {wrong}"
 
 
 def test_the_unit_is_hardened_and_restarts() -> None:

@@ -2,7 +2,9 @@
 
 A command named in prose or a comment (```mrx keys rotate```) must be a real
 subcommand; a command line in a shell block of a page, or in a script, must
-parse with the CLI's own parser, options and all.
+parse with the CLI's own parser, options and all. The node's own texts that
+send an operator somewhere (its modules' docstrings, the help of its
+``/metrics``) name real commands too.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from mrx.node.cli import build_parser
+from mrx.node.metrics import NodeMetrics
 from tests.deploy.conftest import REPO
 
 PAGES = [REPO / "docs" / "operations.md", REPO / "docs" / "corridor.md", *sorted((REPO / "deploy").rglob("*.md")),
@@ -61,3 +64,28 @@ def test_every_mrx_command_line_parses(page: Path) -> None:
         except SystemExit:
             wrong.append(line)
     assert not wrong, f"{page.name} runs mrx command lines the CLI refuses: {wrong}"
+
+
+def _not_commands(named: list[tuple[str, str]]) -> list[str]:
+    """The commands (``log``, ``log key``) among ``named`` that mrx does not have; a group alone names the group."""
+    top = _choices(build_parser())
+    return [" ".join(n).strip() for n in named
+            if n[0] not in top or (n[1] and _choices(top[n[0]]) and n[1] not in _choices(top[n[0]]))]
+
+
+# ``mrx keys rotate`` in a docstring (perhaps across a line break); "mrx adapters" in a metric's help (metric
+# names are mrx_..., never "mrx ").
+_IN_DOCSTRING = re.compile(r"``mrx ([a-z]+)(?:\s+([a-z]+))?``")
+_IN_HELP = re.compile(r"\bmrx ([a-z]+)")
+
+
+@pytest.mark.parametrize("module", sorted((REPO / "node").rglob("*.py")), ids=lambda p: str(p.relative_to(REPO)))
+def test_the_node_points_operators_only_at_commands_it_has(module: Path) -> None:
+    wrong = _not_commands(_IN_DOCSTRING.findall(module.read_text()))
+    assert not wrong, f"{module.name} names commands mrx does not have: {wrong}"
+
+
+def test_the_metrics_help_names_only_commands_mrx_has() -> None:
+    helps = [m.documentation for m in NodeMetrics().registry.collect()]
+    wrong = _not_commands([(name, "") for text in helps for name in _IN_HELP.findall(text)])
+    assert not wrong, f"/metrics help names commands mrx does not have: {wrong}"
