@@ -94,9 +94,10 @@ log = logging.getLogger(__name__)
 _BREACHES = {SealEventType.TAMPER, SealEventType.HOUSING_BREACH}
 _OPENINGS = {SealEventType.OPENED, SealEventType.UNSEALED}
 _RefKey = tuple[str, str]
-# Records that can call for work (`Recognition.observe`), and how far back it is done again at start.
+# Records that can call for work (`Recognition.observe`), and what is done again at start (`Recognition._recover`).
 _TRIGGERS = tuple(MESSAGE_TYPES[t] for t in (SealEvent, ControlResult, UnsealAuthorization))
-RECOVERY_WINDOW = timedelta(minutes=10)
+SETTLE_MARGIN = timedelta(seconds=10)  # more than a commit takes to reach `observe`
+RECOVERY_WINDOW = timedelta(minutes=10)  # a database without recorded progress (mrx before 0006)
 
 
 def agreements_of(config: NodeConfig) -> dict[str, Agreement]:
@@ -162,7 +163,7 @@ class Recognition:
         self._max_xml_bytes = max_xml_bytes
         self._clock = clock
         self._locks: dict[_RefKey, tuple[asyncio.Lock, int]] = {}  # one decision at a time; with its users
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], datetime] = {}  # work in flight -> when its records were observed
         self._pending: set[_RefKey] = set()  # re-decisions queued, not started: coalesced
         self._arrived: dict[str, datetime] = {}  # container -> its latest arrival here
         # Offices whose unseal authorisations count when this node judges its own gateways' openings.
@@ -174,7 +175,19 @@ class Recognition:
         """Load the containers that arrived since ``since``: evidence about them triggers a re-decision.
         Then, in the background, finish what the node may have left undone when it last stopped."""
         self._arrived.update(await self._store.arrived_containers(since))
-        self._spawn(self._recover())
+        settled = await self._store.settled_before()
+        if settled is None:
+            latest = await self._store.latest_stored_at()
+            settled = latest - RECOVERY_WINDOW if latest is not None else self._clock()
+        self._spawn(self._recover(settled), observed=settled)
+
+    def settled_before(self) -> datetime:
+        """Every record stored before this time has had its work done: the work in flight holds it back."""
+        return min(self._tasks.values(), default=self._clock()) - SETTLE_MARGIN
+
+    async def save_progress(self) -> None:
+        """Record `settled_before` (a job, every few seconds, and at stop)."""
+        await self._store.save_settled_before(self.settled_before())
 
     def forget_before(self, cutoff: datetime) -> None:
         for container in [c for c, at in self._arrived.items() if at < cutoff]:
@@ -216,17 +229,21 @@ class Recognition:
             due.append(self._evidence_changed(sorted(touched), refs))
         return due
 
-    async def _recover(self) -> None:
-        """Do again the work of the records stored in the last `RECOVERY_WINDOW` before the node stopped.
+    async def _recover(self, since: datetime) -> None:
+        """Do again the work of the records stored since ``since``, the progress recorded before the node stopped.
 
         That work runs after its records commit (`observe`), in memory: a node
         killed in between would otherwise never decide on an arrival whose
-        seal event it holds, nor raise the alarm a tamper called for. All of it
-        is idempotent (the first arrival stands, a decision or an alarm the same
-        as the latest is not issued again), so after a clean stop this finds
-        nothing to do; it runs one batch at a time, beside the node's new work.
+        seal event it holds, nor raise the alarm a tamper called for. The
+        progress (`settled_before`: the oldest work in flight, less
+        `SETTLE_MARGIN`) is recorded every few seconds and at a clean stop, so
+        this is the last seconds before a kill, and next to nothing after a
+        stop. All of it is idempotent (the first arrival stands, a decision or
+        an alarm the same as the latest is not issued again); it runs one
+        batch at a time, beside the node's new work, and holds the progress
+        back until it is done.
         """
-        seq = await self._store.recent_start(RECOVERY_WINDOW) - 1
+        seq = await self._store.first_stored_since(since) - 1
         looked = 0
         while page := await self._store.records_after(seq, _TRIGGERS, 500):
             seq = page[-1][0]
@@ -235,8 +252,8 @@ class Recognition:
             for work in self._due(bodies):
                 await work
         if looked:
-            log.info("looked again at the %d records stored in the %s before the node last stopped", looked,
-                     RECOVERY_WINDOW)
+            log.info("looked again at the %d records stored since %s, before the node last stopped", looked,
+                     since.isoformat())
 
     async def arrive(
         self, refs: list[ConsignmentReference], at: datetime, containers: tuple[str, ...] = ()
@@ -256,6 +273,10 @@ class Recognition:
         return await self.decide(ref)
 
     async def close(self) -> None:
+        """Let the work in flight finish (a few seconds at most), record the progress, cancel what is left."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+        await self.save_progress()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -380,10 +401,13 @@ class Recognition:
 
     # -- background work --------------------------------------------------------------------------------------
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None], *, observed: datetime | None = None) -> None:
         task = asyncio.get_running_loop().create_task(self._guarded(work))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[task] = observed if observed is not None else self._clock()
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
 
     async def _guarded(self, work: Coroutine[Any, Any, None]) -> None:
         try:

@@ -55,6 +55,7 @@ from .witness import Cosigning, Witness
 
 log = logging.getLogger(__name__)
 
+RECOGNITION_PROGRESS_SECONDS = 5  # how often recognition's progress is recorded (mrx.node.deciding)
 ITINERARY_RETENTION = timedelta(days=90)  # a journey takes weeks; routing forgets itineraries older than this
 
 
@@ -168,6 +169,7 @@ class Node:
         )
         await recognition.start(datetime.now(timezone.utc) - ITINERARY_RETENTION)
         self._opened.push_async_callback(recognition.close)
+        jobs.add("recognition-progress", recognition.save_progress, RECOGNITION_PROGRESS_SECONDS)
         ingest = Ingest(store, signing, router, config.office, self.metrics)
         ingest.on_stored = receiver.on_stored = recognition.observe
         access = Access(store)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 from uuid import UUID
@@ -366,8 +366,18 @@ class Store(Protocol):
         """Containers of consignments that arrived (were recorded) since ``since``, with their latest arrival."""
         ...
 
-    async def recent_start(self, window: timedelta) -> int:
-        """The first commit sequence number of the records stored at most ``window`` before the latest one."""
+    async def first_stored_since(self, at: datetime) -> int:
+        """The commit sequence number of the first record stored at or after ``at`` (past the last: none)."""
+        ...
+
+    async def latest_stored_at(self) -> datetime | None: ...
+
+    async def settled_before(self) -> datetime | None:
+        """Recognition's progress: every record stored before this time has had its work done."""
+        ...
+
+    async def save_settled_before(self, at: datetime) -> None:
+        """Record recognition's progress; it never moves back."""
         ...
 
     async def records_after(self, seq: int, types: Sequence[str], limit: int) -> list[tuple[int, UUID, str, bytes]]:

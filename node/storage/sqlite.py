@@ -47,7 +47,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -394,8 +394,17 @@ class SqliteStore:
     async def arrived_containers(self, since: datetime) -> dict[str, datetime]:
         return await recognition.arrived_containers(self._reader_db, since)
 
-    async def recent_start(self, window: timedelta) -> int:
-        return await recognition.recent_start(self._reader_db, window)
+    async def first_stored_since(self, at: datetime) -> int:
+        return await recognition.first_stored_since(self._reader_db, at)
+
+    async def latest_stored_at(self) -> datetime | None:
+        return await recognition.latest_stored_at(self._reader_db)
+
+    async def settled_before(self) -> datetime | None:
+        return await recognition.settled_before(self._reader_db)
+
+    async def save_settled_before(self, at: datetime) -> None:
+        await self._call(lambda db: recognition.save_settled_before(db, at))
 
     async def records_after(self, seq: int, types: Sequence[str], limit: int) -> list[tuple[int, UUID, str, bytes]]:
         return await recognition.records_after(self._reader_db, seq, types, limit)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 from uuid import UUID
 
@@ -248,15 +248,17 @@ async def arrived_containers(db: Db, since: datetime) -> dict[str, datetime]:
     return {container: _dt(at) for container, at in rows}
 
 
-async def recent_start(db: Db, window: timedelta) -> int:
-    """The first ``seq`` of the records stored at most ``window`` before the latest one (1 past the end: none).
+async def first_stored_since(db: Db, at: datetime) -> int:
+    """The ``seq`` of the first record stored at or after ``at`` (1 past the last record: none).
 
     Found by bisection on ``seq``, which ``stored_at`` follows (both are the
     commit order): some twenty look-ups by primary key, not a scan."""
     last = await _all(db, "SELECT seq, stored_at FROM records ORDER BY seq DESC LIMIT 1", ())
     if not last:
         return 1
-    cutoff = _ts(_dt(last[0][1]) - window)
+    cutoff = _ts(at)
+    if last[0][1] < cutoff:
+        return int(last[0][0]) + 1
     low, high = 0, int(last[0][0])  # the answer is in (low, high]
     while high - low > 1:
         middle = (low + high) // 2
@@ -266,6 +268,25 @@ async def recent_start(db: Db, window: timedelta) -> int:
         else:
             low = middle
     return high
+
+
+async def latest_stored_at(db: Db) -> datetime | None:
+    rows = await _all(db, "SELECT stored_at FROM records ORDER BY seq DESC LIMIT 1", ())
+    return _dt(rows[0][0]) if rows else None
+
+
+async def settled_before(db: Db) -> datetime | None:
+    rows = await _all(db, "SELECT settled_before FROM recognition_progress WHERE id = 1", ())
+    return _dt(rows[0][0]) if rows else None
+
+
+def save_settled_before(db: sqlite3.Connection, at: datetime) -> None:
+    """Never moves back: two savers (a job and the stop) may race."""
+    db.execute(
+        "INSERT INTO recognition_progress (id, settled_before) VALUES (1, ?) ON CONFLICT (id) DO UPDATE"
+        " SET settled_before = max(settled_before, excluded.settled_before)",
+        (_ts(at),),
+    )
 
 
 async def records_after(db: Db, seq: int, types: Sequence[str], limit: int) -> list[tuple[int, UUID, str, bytes]]:

@@ -12,7 +12,11 @@ decision commits, and a node stopped in between raises it at its next start.
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 import time
+from contextlib import closing
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,7 @@ import aiohttp
 import pytest
 
 from mrx.node.config import NodeConfig, load_config
+from mrx.node import deciding
 from mrx.node.deciding import Recognition
 from mrx.node.server import Node
 from tests import factories
@@ -47,6 +52,10 @@ async def _alarms(session: aiohttp.ClientSession, url: str, node: NodeDir) -> li
     return (await _call(session, "GET", f"{url}/v1/alarms?container={TAMPERED}", node.tokens["NCS"]))["alarms"]
 
 
+async def _killed_first(self: Recognition) -> None:
+    """A node killed records no progress at its stop, and none after the records it stored just before."""
+
+
 async def _started(config: NodeConfig) -> tuple[Node, str]:
     node = Node(config)
     await node.start()
@@ -71,6 +80,7 @@ async def test_an_arrival_and_a_tamper_stored_just_before_the_node_stopped_are_a
 
     with monkeypatch.context() as patched:
         patched.setattr(Recognition, "observe", lambda self, records: None)  # the work never starts
+        patched.setattr(Recognition, "save_progress", _killed_first)  # nor is the progress recorded at the stop
         node, url = await _started(dos.config)
         try:
             async with aiohttp.ClientSession() as session:
@@ -151,6 +161,7 @@ async def test_a_broken_chain_decided_just_before_the_node_stopped_raises_its_al
         assert status == 200 and body["accepted"] == 2, body
         with monkeypatch.context() as patched:
             patched.setattr(Recognition, "_chain_alarm", stopped_before_the_alarm)
+            patched.setattr(Recognition, "save_progress", _killed_first)
             node, url = await _started(load_config(dos.node.config_path))
             try:
                 async with aiohttp.ClientSession() as session:
@@ -173,3 +184,30 @@ async def test_a_broken_chain_decided_just_before_the_node_stopped_raises_its_al
         await node.stop()
     assert after == decisions  # the same decision, not issued again
     assert [a["type"] for a in alarms] == ["SEAL_CHAIN_BROKEN"]
+
+
+async def test_after_a_clean_stop_the_next_start_has_nothing_to_look_at_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The progress recorded at a stop covers every record whose work was done, so a start after a clean stop
+    reads none of them again (with no margin: the node's commits reach `observe` before its stop ends)."""
+    monkeypatch.setattr(deciding, "SETTLE_MARGIN", timedelta(0))
+    dos = make_node(tmp_path / "dos", "KZ-DOS", "KZDOS")
+    event = factories.seal_event(seq=1, lock="LK-4", container=factories.container(serial=409014))
+    node, url = await _started(dos.config)
+    try:
+        async with aiohttp.ClientSession() as session:
+            stored = await _call(session, "POST", f"{url}/v1/seal-events", dos.tokens["GW-1"], {"events": [event]})
+            assert stored["accepted"] == 1
+    finally:
+        await node.stop()
+    caplog.set_level(logging.INFO, logger="mrx.node.deciding")
+    node, url = await _started(dos.config)
+    await asyncio.sleep(0.5)
+    await node.stop()
+    assert not [r for r in caplog.records if "looked again" in r.getMessage()]
+    with closing(sqlite3.connect(f"file:{dos.database}?mode=ro", uri=True)) as db:
+        (stored_at,) = db.execute("SELECT stored_at FROM records WHERE message_id = ?",
+                                  (stored["results"][0]["message_id"],)).fetchone()
+        (settled,) = db.execute("SELECT settled_before FROM recognition_progress").fetchone()
+    assert settled > stored_at

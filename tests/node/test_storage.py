@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sqlite3
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -157,3 +157,24 @@ async def test_partner_seal_events_join_the_chain_and_a_colliding_one_is_kept_as
     }
     page = await store.timeline(TimelineKey.LOCK, "LK-C", None, 10)
     assert [(e.lock_sequence, e.order) for e in page.items] == [(1, Order.FIRST), (2, Order.NEXT)]
+
+
+async def test_the_first_record_stored_since_a_time_is_found_by_its_commit_order(store: SqliteStore) -> None:
+    assert await store.first_stored_since(NOW) == 1  # no records
+    times = []
+    for seq in range(1, 40):
+        await store.store_seal_events([write(seq=seq, lock="LK-T")])
+        times.append(await store.latest_stored_at())
+    for n, at in enumerate(times, start=1):
+        assert await store.first_stored_since(at) == n
+    assert await store.first_stored_since(datetime(2000, 1, 1, tzinfo=timezone.utc)) == 1
+    assert await store.first_stored_since(times[-1] + timedelta(microseconds=1)) == len(times) + 1
+
+
+async def test_recognition_progress_never_moves_back(store: SqliteStore) -> None:
+    assert await store.settled_before() is None
+    await store.save_settled_before(NOW)
+    await store.save_settled_before(NOW - timedelta(seconds=5))
+    assert await store.settled_before() == NOW
+    await store.save_settled_before(NOW + timedelta(seconds=5))
+    assert await store.settled_before() == NOW + timedelta(seconds=5)
