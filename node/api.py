@@ -401,7 +401,7 @@ class NodeApi:
         results = await self.receiver.receive(partner, [m.encode("utf-8") for m in messages])
         counts = {s: sum(1 for r in results if r.status == s) for s in ("accepted", "duplicate", "rejected", "deferred")}
         if position and not counts["deferred"]:  # all stored or answered: catch-up need not fetch them again
-            await self.deliveries.puller.advance(partner, position)
+            self.deliveries.puller.pushed(partner, position)
         return json_response({**counts, "results": [_message_json(r, request.path) for r in results]})
 
     async def get_partner_messages(self, request: web.Request) -> web.Response:

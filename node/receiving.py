@@ -33,7 +33,7 @@ Records pulled from a partner (catch-up, `mrx.node.sending.Puller`) take
 the same path; only the receipts are not sent back, since the partner's own
 outbox will fetch them with its next push. A push names the catch-up
 position of its last message (``?cursor=``): when none of its messages was
-deferred, the puller's cursor moves there (`Puller.advance`), so that
+deferred, the puller's cursor moves there (`Puller.pushed`), so that
 catch-up does not fetch again what came by push.
 """
 

@@ -47,8 +47,9 @@ The cursor is a position in the partner's order of the records addressed to
 this node (its outbox IDs, in decimal), and it is the highest position this
 node holds, however the records came: a page moves it past what the page
 brought, and so does a push whose every message was stored or answered (the
-push names its last position, ``?cursor=``; `Puller.advance`), so a pull
-does not fetch again what came by push. It only ever moves forward, and
+push names its last position, ``?cursor=``; `Puller.pushed`, kept in memory
+and saved by the next pull or at stop), so a pull does not fetch again what
+came by push. It only ever moves forward, and
 only past messages that were stored or answered: a page or push with a
 ``deferred`` message leaves it where it was. Positions below it that this
 node does not hold can only be records the partner still has queued (one it
@@ -386,6 +387,7 @@ class Deliveries:
 
     async def close(self) -> None:
         await asyncio.gather(*(s.close() for s in self._senders.values()))
+        await self.puller.save()
 
     def contact(self, partner: str) -> None:
         """The partner just signed a request to us: it is alive, so its queue moves now."""
@@ -421,7 +423,8 @@ class Puller:
         self._settings = settings
         self._metrics = metrics
         self._locks: dict[str, asyncio.Lock] = {}  # one pull per partner at a time
-        self._cursor_locks: dict[str, asyncio.Lock] = {}  # one move of a partner's cursor at a time
+        self._cursor_locks: dict[str, asyncio.Lock] = {}  # one move of a partner's stored cursor at a time
+        self._pushed: dict[str, int] = {}  # partner -> the highest position it pushed, in memory until saved
 
     async def pull_all(self) -> int:
         partners = list(self._partners)
@@ -437,7 +440,7 @@ class Puller:
         async with lock:
             taken, refreshed = 0, False
             while True:
-                cursor = await self._store.pull_cursor(partner.node_id)  # pushes move it too, also meanwhile
+                cursor = await self.advance(partner.node_id, 0)  # pushes move it too, also meanwhile: saved here
                 page = await self._page(partner, cursor)
                 if page is None:
                     return taken
@@ -459,15 +462,28 @@ class Puller:
                 if not more:
                     return taken
 
-    async def advance(self, partner: str, position: int) -> None:
-        """This node stored or answered the partner's records up to ``position``: later pulls start after it.
+    def pushed(self, partner: str, position: int) -> None:
+        """A push up to ``position`` was stored or answered whole. Kept in memory, at no cost to the push, and
+        saved by the next pull (`advance`) or at stop (`save`): after a kill, what came by push since the last
+        save is pulled once more, and answered as duplicates."""
+        self._pushed[partner] = max(position, self._pushed.get(partner, 0))
 
-        Pages and pushes report positions in any order; the cursor keeps the highest."""
+    async def advance(self, partner: str, position: int) -> str | None:
+        """This node stored or answered the partner's records up to ``position``, and those pushed: later pulls
+        start after the highest. Saves it, and returns the cursor (None: nothing held yet)."""
         lock = self._cursor_locks.setdefault(partner, asyncio.Lock())
         async with lock:
             held = await self._store.pull_cursor(partner)
-            if held is None or position > int(held):
-                await self._store.save_pull_cursor(partner, str(position))
+            highest = max(position, self._pushed.get(partner, 0), int(held) if held is not None else 0)
+            if highest and (held is None or highest > int(held)):
+                await self._store.save_pull_cursor(partner, str(highest))
+                return str(highest)
+            return held
+
+    async def save(self) -> None:
+        """Save the positions pushed since the last pull (at stop)."""
+        for partner in list(self._pushed):
+            await self.advance(partner, 0)
 
     async def _page(self, partner: Partner, cursor: str | None) -> tuple[list[bytes], str | None, bool] | None:
         path = pull_path(self._node_id) + f"?limit={self._settings.batch_size}"
