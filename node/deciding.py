@@ -19,6 +19,9 @@ When
       taken again, and a new decision is issued only if what was decided
       changed (its fingerprint: outcome, reasons, evidence, verdict).
     - **On demand** (``POST /v1/consignments/{type}/{id}/decision``).
+    - **At start**, for the records stored since the progress recorded
+      before the node stopped (`Recognition._recover`): the work a kill
+      left undone between a record's commit and its decision or alarm.
 
     Decisions about one consignment are taken one at a time (a lock per
     consignment), so the latest decision is always the one taken last.
@@ -250,7 +253,7 @@ class Recognition:
             bodies = [(mid, sender, body) for _, mid, sender, jws in page if (body := stored_body(jws)) is not None]
             looked += len(bodies)
             for work in self._due(bodies):
-                await work
+                await self._guarded(work)  # one that fails is logged and counted; the rest is still done
         if looked:
             log.info("looked again at the %d records stored since %s, before the node last stopped", looked,
                      since.isoformat())
