@@ -8,10 +8,9 @@ not a 500. aiohttp's own automatic decompression is switched off in
 `mrx.node.server` so that this is the only place bodies are decoded.
 
 `parse_json` refuses repeated keys in any object: ``{"seq": 1, "seq": 2}`` is
-ambiguous, and different JSON parsers resolve it differently. It is called
-once per HTTP body and once per MQTT message (thousands a second), so its
-decoder is built once and an object's keys are checked by building the dict
-in C and comparing sizes; the error path finds which key repeated.
+ambiguous, and different JSON parsers resolve it differently. It reads with
+`mrx.keys.strictjson`, as the node reads JWS headers and key sets, and says
+in the problem which rule the body broke.
 """
 
 from __future__ import annotations
@@ -21,6 +20,8 @@ import zlib
 from typing import Any
 
 from aiohttp import web
+
+from mrx.keys import strictjson
 
 from .problems import Problem
 
@@ -78,37 +79,21 @@ def _inflate_into(out: bytearray, inflater: Any, chunk: bytes, limit: int) -> No
         raise Problem("bad-compression", f"the gzip body is corrupt ({exc}); send it again, uncompressed if need be") from None
 
 
-def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:  # the first key met a second time, as a reader scanning the object would
-            if key in seen:
-                raise Problem("duplicate-json-key", f"the key {key!r} appears twice in one object; send it once")
-            seen.add(key)
-    return obj
-
-
-def _refuse_constant(name: str) -> Any:
-    raise Problem("invalid-json", f"{name} is not a JSON number; send a finite number")
-
-
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_repeated_keys, parse_constant=_refuse_constant)
-
-
 def parse_json(body: bytes) -> Any:
-    """Parse a JSON body strictly: UTF-8, no repeated keys, no NaN/Infinity."""
+    """Parse a JSON body strictly (`mrx.keys.strictjson`: UTF-8, no repeated keys, no NaN/Infinity), or `Problem`."""
     try:
-        text = body.decode("utf-8")
+        if body.startswith(b"\xef\xbb\xbf"):  # what json.loads says of a byte-order mark
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", body.decode("utf-8"), 0)
+        return strictjson.loads(body)
     except UnicodeDecodeError as exc:
         raise Problem("invalid-json", f"the body is not UTF-8 (byte {exc.start}); send UTF-8 JSON") from None
-    try:
-        if text.startswith("\ufeff"):  # what json.loads says of a byte-order mark
-            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
-        return _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise Problem(
             "invalid-json", f"the body is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
         ) from None
-    except (ValueError, RecursionError) as exc:  # e.g. an integer with thousands of digits
+    except strictjson.RepeatedMember as exc:
+        raise Problem("duplicate-json-key", f"the key {exc.name!r} appears twice in one object; send it once") from None
+    except strictjson.NonFiniteNumber as exc:
+        raise Problem("invalid-json", f"{exc.name} is not a JSON number; send a finite number") from None
+    except ValueError as exc:  # nested too deeply, an integer with thousands of digits
         raise Problem("invalid-json", f"the body is not acceptable JSON: {exc}") from None
