@@ -165,6 +165,7 @@ try:
         SealTypeCode,
     )
     from mrx.schemas.messages import (
+        Acknowledgement,
         Body,
         ConsignmentReference,
         ControlResult,
@@ -352,7 +353,7 @@ def _received(record: SignedRecord, body: Body, now: datetime) -> ReceivedWrite:
     """What `mrx.node.receiving` stores for an accepted record: it, its body, and KZ-DOS's signed receipt."""
     assert _own is not None
     receipt = _own.sign(
-        Receipt(record.message_id, record.digest, ReceiptStatus.ACCEPTED, now),
+        Receipt((Acknowledgement(record.message_id, record.digest, ReceiptStatus.ACCEPTED, now),)),
         recipients=(INSPECTOR[0],),
         correlation_id=record.message_id,
     )

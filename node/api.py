@@ -402,7 +402,15 @@ class NodeApi:
         counts = {s: sum(1 for r in results if r.status == s) for s in ("accepted", "duplicate", "rejected", "deferred")}
         if position and not counts["deferred"]:  # all stored or answered: catch-up need not fetch them again
             self.deliveries.puller.pushed(partner, position)
-        return json_response({**counts, "results": [_message_json(r, request.path) for r in results]})
+        receipts: dict[bytes, int] = {}  # each receipt once; results name theirs by its index
+        for result in results:
+            if result.receipt is not None:
+                receipts.setdefault(result.receipt, len(receipts))
+        return json_response({
+            **counts,
+            "receipts": [jws.decode("ascii") for jws in receipts],
+            "results": [_message_json(r, receipts, request.path) for r in results],
+        })
 
     async def get_partner_messages(self, request: web.Request) -> web.Response:
         """Catch-up: the records addressed to the calling partner, oldest first, from a cursor."""
@@ -709,13 +717,13 @@ def _event_json(result: EventResult, path: str) -> dict[str, Any]:
     return out
 
 
-def _message_json(result: MessageResult, path: str) -> dict[str, Any]:
+def _message_json(result: MessageResult, receipts: dict[bytes, int], path: str) -> dict[str, Any]:
     out: dict[str, Any] = {
         "index": result.index,
         "message_id": str(result.message_id) if result.message_id else None,
         "digest": result.digest.hex(),
         "status": result.status,
-        "receipt": result.receipt.decode("ascii") if result.receipt else None,
+        "receipt": receipts[result.receipt] if result.receipt is not None else None,
     }
     if result.problem is not None:
         out["problem"] = result.problem.body(path)

@@ -390,15 +390,24 @@ def document() -> dict[str, Any]:
             "message_id": {"type": ["string", "null"], "format": "uuid"},
             "digest": {"type": "string", "description": "hex SHA-256 of the JWS received"},
             "status": {"type": "string", "enum": ["accepted", "duplicate", "rejected", "deferred"]},
-            "receipt": {"type": ["string", "null"], "description": "the signed Receipt (compact JWS)"},
+            "receipt": {
+                "type": ["integer", "null"], "minimum": 0,
+                "description": "the index in `receipts` of the signed Receipt acknowledging this message"
+                " (none when deferred)",
+            },
             "problem": _ref("Problem"),
         },
     }
     schemas["MessageBatchResult"] = {
         "type": "object",
-        "required": ["accepted", "duplicate", "rejected", "deferred", "results"],
+        "required": ["accepted", "duplicate", "rejected", "deferred", "receipts", "results"],
         "properties": {
             **{k: {"type": "integer"} for k in ("accepted", "duplicate", "rejected", "deferred")},
+            "receipts": {
+                "type": "array", "items": {"type": "string"},
+                "description": "the signed Receipts (compact JWS) answering the batch, each once: one per run of"
+                " messages answered now, and a repeat's original",
+            },
             "results": {"type": "array", "items": _ref("MessageResult")},
         },
     }

@@ -4,7 +4,8 @@ A partner's request has already been authenticated (`mrx.node.partners`):
 we know which partner is calling. Each message of the batch is then taken
 **in order** through these steps; the first that fails decides:
 
-1. the exact bytes were answered before → that receipt again (``duplicate``);
+1. the exact bytes were answered before, or came earlier in the batch → that
+   receipt again (``duplicate``);
 2. `mrx.node.records.verify_record` (in the signing workers, the whole batch
    at once) against the partners' trusted keys: JWS
    profile and signature, XML hardening and XSD, ``typ``, the header's sender
@@ -20,14 +21,21 @@ we know which partner is calling. Each message of the batch is then taken
    encoding of one ES256 signature, say) is a ``duplicate`` and gets the
    original receipt; a different payload is ``exchange-message-id-conflict``.
 
-Accepted messages are stored as the exact bytes received, together with a
-positive `Receipt`; a refused message is not stored, but the negative
-receipt is, under the digest of the bytes it answers, with the refusal's
-stable code and detail. Every receipt is a signed record of this node
-addressed to the partner, whose ``CorrelationID`` is the received message's
-ID, and whose ``ReceivedDigestID`` is the SHA-256 of the JWS received. The
+The messages answered (not duplicates, not deferred) are acknowledged
+together: one signed `Receipt` per run of them that fits 48,000 bytes of XML
+(`receipt_runs`; about 140 messages), one ``Acknowledgement`` per message —
+its ID, the SHA-256 of the JWS received, ACCEPTED or REJECTED with the
+refusal's stable code and detail. A receipt is a signed record of this node
+addressed to the partner; one that answers a single message names it in its
+``CorrelationID`` too. One signature per run rather than per message is
+what keeps forwarding cheap for both sides: the sender verifies a handful
+of receipts per batch, not one per record. Accepted messages are stored as
+the exact bytes received, with their receipt; a refused message is not
+stored, but its receipt is, under the digest of the bytes it answers. The
 store re-checks 1 and 5 inside its transaction, so two copies racing in are
-stored once.
+stored once; a request with a message that turns out there to be another
+under a held ID is stored not at all, and answered again with that one
+refused, so that no receipt says ACCEPTED of a message not stored.
 
 Records pulled from a partner (catch-up, `mrx.node.sending.Puller`) take
 the same path; only the receipts are not sent back, since the partner's own
@@ -49,9 +57,9 @@ from uuid import UUID
 
 from mrx.keys.jws import JwsError, parse_compact
 from mrx.schemas import xml
-from mrx.schemas.codec import peek_message_id
+from mrx.schemas.codec import acknowledgement_size, peek_message_id
 from mrx.schemas.codes import ReceiptStatus
-from mrx.schemas.messages import Body, Receipt, ReceiptError
+from mrx.schemas.messages import MAX_RECEIPT_XML_BYTES, Acknowledgement, Body, Receipt, ReceiptError
 from mrx.schemas.xml import XmlError
 
 from .metrics import NodeMetrics
@@ -62,6 +70,9 @@ from .signing import Signing
 from .storage import ReceivedWrite, SignedRecord, Store, WriteStatus
 
 log = logging.getLogger(__name__)
+
+# What a Receipt's acknowledgements may take of `MAX_RECEIPT_XML_BYTES`; the rest is for its header.
+RECEIPT_ACKNOWLEDGEMENT_BYTES = MAX_RECEIPT_XML_BYTES - 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +114,10 @@ class Receiver:
     async def receive(self, partner: str, tokens: list[bytes]) -> list[MessageResult]:
         digests = [hashlib.sha256(token).digest() for token in tokens]
         answered = await self._store.receipts_for(digests)
-        fresh = [i for i, digest in enumerate(digests) if digest not in answered]
+        first_copy: dict[bytes, int] = {}  # the same bytes twice in the batch: the later gets the first's answer
+        for i, digest in enumerate(digests):
+            first_copy.setdefault(digest, i)
+        fresh = [i for i, digest in enumerate(digests) if digest not in answered and first_copy[digest] == i]
         verified = await verify_from(
             self._partners, self._signing, partner, [tokens[i] for i in fresh], max_xml_bytes=self._max_xml_bytes
         )
@@ -119,6 +133,8 @@ class Receiver:
                 message_id, receipt = answered[digest]
                 results[index] = MessageResult(index, digest, "duplicate", message_id, receipt)
                 continue
+            if first_copy[digest] != index:
+                continue  # answered below, once the first copy is
             verdict = verdicts[index]
             item = _Pending(index, token, digest)
             if isinstance(verdict, Refusal):
@@ -153,6 +169,10 @@ class Receiver:
 
         for item, outcome in zip(answering, await self._answer(partner, answering), strict=True):
             results[item.index] = outcome
+        for index, digest in enumerate(digests):
+            first = results[first_copy[digest]]
+            if results[index] is None and first is not None:
+                results[index] = MessageResult(index, digest, "duplicate", first.message_id, first.receipt)
         done = [r for r in results if r is not None]
         for status, count in Counter(r.status for r in done).items():
             self._metrics.exchange_received.labels(partner, status).inc(count)
@@ -173,25 +193,25 @@ class Receiver:
         return None
 
     async def _answer(self, partner: str, items: list[_Pending]) -> list[MessageResult]:
-        """Sign a receipt for each item and store it, with the record where accepted."""
+        """Acknowledge the items in as few signed receipts as fit, and store them, with the records accepted.
+
+        The store takes the request whole or not at all; a message it finds to be another under an ID held
+        already (a race these checks could not see) is refused, and the receipts are signed again without
+        acknowledging it as accepted.
+        """
         if not items:
             return []
-        now = datetime.now(timezone.utc)
-        unsigned = [
-            Unsigned(
-                _receipt(item, now),
-                recipients=(partner,),
-                correlation_id=item.message_id,
-            )
-            for item in items
-        ]
-        signed = await self._signing.sign_all(unsigned)
-        writes: list[ReceivedWrite] = []
-        for item, receipt in zip(items, signed, strict=True):
-            if isinstance(receipt, Exception):
-                raise Problem("unavailable", f"this node cannot sign receipts just now ({receipt}); retry later")
-            writes.append(_write(partner, item, receipt))
-        outcomes = await self._store.store_received(writes)
+        while True:
+            writes = await self._sign_receipts(partner, items)
+            outcomes = await self._store.store_received(writes)
+            conflicts = [
+                item for item, o in zip(items, outcomes, strict=True) if o.status is WriteStatus.KEY_CONFLICT
+            ]
+            if not conflicts:
+                break
+            for item in conflicts:
+                assert item.message_id is not None  # a KEY_CONFLICT is a record's: verified, so legible
+                item.problem = _conflict(item.message_id)
         if self.on_stored is not None:
             fresh = [
                 (w.record.message_id, w.record.sender, w.body)
@@ -202,19 +222,60 @@ class Receiver:
                 self.on_stored(fresh)
         results = []
         for item, outcome in zip(items, outcomes, strict=True):
-            message_id = item.message_id
-            if outcome.status is WriteStatus.KEY_CONFLICT and message_id is not None:  # lost a race: another message
-                results.append(
-                    MessageResult(item.index, item.digest, "deferred", message_id, None, _conflict(message_id))
-                )
-            elif outcome.status is WriteStatus.DUPLICATE:
-                results.append(MessageResult(item.index, item.digest, "duplicate", message_id, outcome.receipt_jws))
-            else:
-                status = "rejected" if item.problem is not None else "accepted"
-                results.append(
-                    MessageResult(item.index, item.digest, status, message_id, outcome.receipt_jws, item.problem)
-                )
+            if outcome.status is WriteStatus.DUPLICATE:  # a copy stored since the checks above
+                results.append(MessageResult(item.index, item.digest, "duplicate", item.message_id, outcome.receipt_jws))
+                continue
+            status = "rejected" if item.problem is not None else "accepted"
+            results.append(
+                MessageResult(item.index, item.digest, status, item.message_id, outcome.receipt_jws, item.problem)
+            )
         return results
+
+    async def _sign_receipts(self, partner: str, items: list[_Pending]) -> list[ReceivedWrite]:
+        """One signed receipt per run of items that fits `MAX_RECEIPT_XML_BYTES`; each item's write with its own."""
+        now = datetime.now(timezone.utc)
+        runs = receipt_runs([_acknowledgement(item, now) for item in items])
+        unsigned = [
+            Unsigned(
+                Receipt(run),
+                recipients=(partner,),
+                # one message answered: named in the header too, as a single receipt always was
+                correlation_id=run[0].received_message_id if len(run) == 1 else None,
+            )
+            for run in runs
+        ]
+        signed = await self._signing.sign_all(unsigned)
+        writes: list[ReceivedWrite] = []
+        pending = iter(items)
+        for run, receipt in zip(runs, signed, strict=True):
+            if isinstance(receipt, Exception):
+                raise Problem("unavailable", f"this node cannot sign receipts just now ({receipt}); retry later")
+            writes += [_write(partner, next(pending), receipt) for _ in run]
+        return writes
+
+
+def receipt_runs(acknowledgements: list[Acknowledgement]) -> list[tuple[Acknowledgement, ...]]:
+    """The acknowledgements in order, cut into runs whose Receipt stays within `MAX_RECEIPT_XML_BYTES`."""
+    runs: list[tuple[Acknowledgement, ...]] = []
+    run: list[Acknowledgement] = []
+    size = 0
+    # Acknowledgements without errors differ only in values of fixed length (UUID, digest), once their
+    # status, time and whether the ID was legible are alike: one encoding sizes them all.
+    sizes: dict[tuple[ReceiptStatus, datetime, bool], int] = {}
+    for ack in acknowledgements:
+        if ack.errors:
+            ack_size = acknowledgement_size(ack)
+        else:
+            shape = (ack.status, ack.received_at, ack.received_message_id is None)
+            ack_size = sizes.get(shape) or sizes.setdefault(shape, acknowledgement_size(ack))
+        if run and size + ack_size > RECEIPT_ACKNOWLEDGEMENT_BYTES:
+            runs.append(tuple(run))
+            run, size = [], 0
+        run.append(ack)
+        size += ack_size
+    if run:
+        runs.append(tuple(run))
+    return runs
 
 
 async def verify_from(
@@ -235,11 +296,11 @@ async def verify_from(
     return verdicts
 
 
-def _receipt(item: _Pending, now: datetime) -> Receipt:
+def _acknowledgement(item: _Pending, now: datetime) -> Acknowledgement:
     if item.problem is None:
-        return Receipt(item.message_id, item.digest, ReceiptStatus.ACCEPTED, now)
+        return Acknowledgement(item.message_id, item.digest, ReceiptStatus.ACCEPTED, now)
     error = ReceiptError(item.problem.code, xml_text(item.problem.detail))
-    return Receipt(item.message_id, item.digest, ReceiptStatus.REJECTED, now, (error,))
+    return Acknowledgement(item.message_id, item.digest, ReceiptStatus.REJECTED, now, (error,))
 
 
 def _write(partner: str, item: _Pending, receipt: SignedRecord) -> ReceivedWrite:

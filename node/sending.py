@@ -9,15 +9,21 @@ of up to ``[exchange] batch_size`` compact JWS, signed as
 a request (`mrx.node.partners.sign_request`), to the partner's
 ``POST /v1/exchange/messages?cursor=N``, N the catch-up position of the
 batch's last record (below). The rows are marked ``in-flight`` before the
-request and settled after it, from the partner's answer:
+request and settled after it, from the partner's answer: its signed
+receipts, each listed once (usually one per run of about 140 records, plus a
+repeat's original), and per record the receipt that acknowledges it. Each
+receipt is verified once (`verify_from`, with `MAX_RECEIPT_XML_BYTES` as its
+size limit whatever this node's own limit for records); a record's outcome
+is its own ``Acknowledgement`` there, found by the SHA-256 of the bytes sent:
 
-- a verified positive receipt (new or a repeat's original) → ``delivered``,
-  the receipt kept as a record: the evidence of delivery;
-- a verified negative receipt → ``failed`` with its code and detail, and left
+- a verified positive acknowledgement (new or a repeat's original) →
+  ``delivered``, the receipt kept as a record (once, however many rows it
+  answers): the evidence of delivery;
+- a verified negative acknowledgement → ``failed`` with its code and detail, and left
   for an operator (``mrx outbox list``, ``mrx outbox retry``); never retried
   by itself, since the partner will refuse the same bytes the same way;
 - ``deferred``, no receipt, a receipt that does not verify or does not
-  answer the bytes sent, a transport error, a timeout, a 5xx or a refusal of
+  acknowledge the bytes sent, a transport error, a timeout, a 5xx or a refusal of
   the request as a whole → ``queued`` again, with the reason, and the
   partner's backoff grows.
 
@@ -83,7 +89,7 @@ import aiohttp
 from mrx.keys import strictjson
 from mrx.keys.jws import SigningKey
 from mrx.schemas.codes import ReceiptStatus
-from mrx.schemas.messages import Receipt
+from mrx.schemas.messages import MAX_RECEIPT_XML_BYTES, Acknowledgement, Receipt
 
 from .config import Exchange, Partner
 from .metrics import NodeMetrics
@@ -115,8 +121,17 @@ def _unknown_key(results: Sequence[MessageResult]) -> bool:
 @dataclass(frozen=True, slots=True)
 class _Answer:
     status: str
-    receipt: bytes | None
+    receipt: int | None  # its receipt's index in the answer's receipts
     problem: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """A batch the partner answered: the rows sent, its receipts (each once), and one answer per row."""
+
+    items: list[OutboxItem]
+    receipts: list[bytes]
+    answers: list[_Answer]
 
 
 class Sender:
@@ -133,8 +148,6 @@ class Sender:
         settings: Exchange,
         metrics: NodeMetrics,
         signing: Signing,
-        *,
-        max_xml_bytes: int,
     ) -> None:
         self._node_id = node_id
         self.partner = partner
@@ -145,7 +158,6 @@ class Sender:
         self._session = session
         self._settings = settings
         self._metrics = metrics
-        self._max_xml_bytes = max_xml_bytes
         self._wake = asyncio.Event()
         self._failures = 0
         self._retry_at = 0.0  # monotonic; 0: not backing off
@@ -199,14 +211,14 @@ class Sender:
                 # the next batch goes out: one batch on the wire, one being settled.
                 if settling is not None:
                     await settling
-                settling = asyncio.get_running_loop().create_task(self._settle_batch(*sent))
+                settling = asyncio.get_running_loop().create_task(self._settle_batch(sent))
                 self._wake.set()
         finally:
             if settling is not None:
                 settling.cancel()
                 await asyncio.gather(settling, return_exceptions=True)
 
-    async def _send_next(self) -> tuple[list[OutboxItem], list[_Answer]] | None:
+    async def _send_next(self) -> _Batch | None:
         """Send the next batch in outbox order; its answers, or None if nothing went (or it failed)."""
         items = await self._store.outbox_due(self.partner.node_id, self._settings.batch_size)
         if not items:
@@ -215,7 +227,7 @@ class Sender:
         await self._store.mark_in_flight([i.outbox_id for i in items])
         started = time.perf_counter()
         try:
-            answers = await self._post(items)
+            receipts, answers = await self._post(items)
         except _RequestFailed as failure:
             await self._requeue(items, failure.reason)
             self._metrics.exchange_sent.labels(self.partner.node_id, "retry").inc(len(items))
@@ -226,22 +238,22 @@ class Sender:
             await self._requeue(items, _interruption(exc))
             raise
         self._metrics.exchange_batch_seconds.observe(time.perf_counter() - started)
-        return items, answers
+        return _Batch(items, receipts, answers)
 
-    async def _settle_batch(self, items: list[OutboxItem], answers: list[_Answer]) -> None:
+    async def _settle_batch(self, batch: _Batch) -> None:
         """Verify the partner's receipts for a batch it answered, and record each delivery's outcome."""
+        items = batch.items
         try:
-            receipts = [a.receipt for a in answers if a.receipt is not None and a.status != "deferred"]
-            verdicts = iter(
-                await verify_from(
-                    self._partners, self._signing, self.partner.node_id, receipts, max_xml_bytes=self._max_xml_bytes
-                )
+            used = sorted({a.receipt for a in batch.answers if a.receipt is not None and a.status != "deferred"})
+            verified = await verify_from(
+                self._partners, self._signing, self.partner.node_id, [batch.receipts[i] for i in used],
+                max_xml_bytes=MAX_RECEIPT_XML_BYTES,
             )
+            receipts = {i: _Acknowledging.of(v) for i, v in zip(used, verified, strict=True)}
             results = [
-                self._settle(
-                    item, answer, next(verdicts) if answer.receipt is not None and answer.status != "deferred" else None
-                )
-                for item, answer in zip(items, answers, strict=True)
+                self._settle(item, answer, receipts[answer.receipt] if answer.status != "deferred"
+                             and answer.receipt is not None else None)
+                for item, answer in zip(items, batch.answers, strict=True)
             ]
             await self._store.settle_deliveries(results)
         except BaseException as exc:
@@ -272,7 +284,7 @@ class Sender:
         self._metrics.partner_backoff.labels(self.partner.node_id).set(delay)
         asyncio.get_running_loop().call_later(delay, self._wake.set)
 
-    async def _post(self, items: list[OutboxItem]) -> list[_Answer]:
+    async def _post(self, items: list[OutboxItem]) -> tuple[list[bytes], list[_Answer]]:
         body = json.dumps({"messages": [i.jws.decode("ascii") for i in items]}, separators=(",", ":")).encode()
         # The catch-up position of the batch's last record: its outbox ID, by which `Store.addressed_to` pages too.
         # The partner's pulls start after it once it has stored or answered the batch.
@@ -292,34 +304,38 @@ class Sender:
             raise _RequestFailed(f"http-{status}: {_problem_text(raw)}")
         try:
             doc = strictjson.loads(raw)
-            results = doc["results"]
+            results, receipts = doc["results"], doc["receipts"]
             if not isinstance(results, list) or len(results) != len(items):
                 raise ValueError("not one result per message")
-            return [_answer(r) for r in results]
+            if not isinstance(receipts, list) or not all(isinstance(r, str) and r.isascii() for r in receipts):
+                raise ValueError("receipts that are not compact JWS")
+            return [r.encode("ascii") for r in receipts], [_answer(r, len(receipts)) for r in results]
         except (ValueError, KeyError, TypeError) as exc:
             raise _RequestFailed(f"bad-response: the partner's answer is not an exchange result ({exc})") from None
 
-    def _settle(self, item: OutboxItem, answer: _Answer, verdict: VerifiedRecord | Refusal | None) -> DeliveryResult:
-        if verdict is None:  # deferred, or no receipt
+    def _settle(self, item: OutboxItem, answer: _Answer, receipt: _Acknowledging | None) -> DeliveryResult:
+        if receipt is None:  # deferred, or no receipt
             return DeliveryResult(item.outbox_id, Delivery.QUEUED, f"deferred: {answer.problem or 'no receipt'}")
-        problem = self._receipt_problem(item, verdict)
+        problem = self._receipt_problem(receipt.verdict)
+        ack = receipt.acknowledgements.get(hashlib.sha256(item.jws).digest()) if problem is None else None
+        if problem is None and (ack is None or ack.received_message_id != item.message_id):
+            problem = "it answers other bytes than those sent"
         if problem is not None:
             # A key not known yet (the partner's keys could not be fetched since it rotated) is expected to
             # pass: the keys are fetched again (`verify_from`) and the record is sent again. Anything else is not.
-            unknown = isinstance(verdict, Refusal) and verdict.code == "jws-unknown-kid"
+            unknown = isinstance(receipt.verdict, Refusal) and receipt.verdict.code == "jws-unknown-kid"
             log.log(logging.WARNING if unknown else logging.ERROR, "partner %s answered record %s with an invalid "
                     "receipt: %s", self.partner.node_id, item.message_id, problem)
             return DeliveryResult(item.outbox_id, Delivery.QUEUED, f"receipt-invalid: {problem}")
-        assert isinstance(verdict, VerifiedRecord) and isinstance(verdict.message.body, Receipt)
-        receipt = verdict.message.body
-        if receipt.status is ReceiptStatus.ACCEPTED:
-            return DeliveryResult(item.outbox_id, Delivery.DELIVERED, None, verdict.record)
-        reason = "; ".join(f"{e.code}: {e.description}" for e in receipt.errors) or "rejected without a reason"
+        assert isinstance(receipt.verdict, VerifiedRecord) and ack is not None
+        if ack.status is ReceiptStatus.ACCEPTED:
+            return DeliveryResult(item.outbox_id, Delivery.DELIVERED, None, receipt.verdict.record)
+        reason = "; ".join(f"{e.code}: {e.description}" for e in ack.errors) or "rejected without a reason"
         log.error("partner %s rejected record %s: %s", self.partner.node_id, item.message_id, reason)
-        return DeliveryResult(item.outbox_id, Delivery.FAILED, reason, verdict.record)
+        return DeliveryResult(item.outbox_id, Delivery.FAILED, reason, receipt.verdict.record)
 
-    def _receipt_problem(self, item: OutboxItem, verdict: VerifiedRecord | Refusal) -> str | None:
-        """Why this is not the partner's valid receipt for the bytes sent, or None if it is."""
+    def _receipt_problem(self, verdict: VerifiedRecord | Refusal) -> str | None:
+        """Why this is not a valid receipt of the partner's to this node, or None if it is."""
         if isinstance(verdict, Refusal):
             return f"{verdict.code}: {verdict.detail}"
         header, receipt = verdict.message.header, verdict.message.body
@@ -327,9 +343,20 @@ class Sender:
             return f"it is a {header.message_type} from {header.sender}, not a Receipt from the partner"
         if self._node_id not in header.recipients:
             return "it is not addressed to this node"
-        if receipt.received_digest != hashlib.sha256(item.jws).digest() or receipt.received_message_id != item.message_id:
-            return "it answers other bytes than those sent"
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Acknowledging:
+    """A receipt of the partner's as verified, and its acknowledgements by the digest of the bytes each answers."""
+
+    verdict: VerifiedRecord | Refusal
+    acknowledgements: dict[bytes, Acknowledgement]
+
+    @classmethod
+    def of(cls, verdict: VerifiedRecord | Refusal) -> _Acknowledging:
+        body = verdict.message.body if isinstance(verdict, VerifiedRecord) else None
+        return cls(verdict, {a.received_digest: a for a in body.acknowledgements} if isinstance(body, Receipt) else {})
 
 
 def _interruption(exc: BaseException) -> str:
@@ -355,15 +382,15 @@ class _RequestFailed(Exception):
         self.reason = reason[:500]
 
 
-def _answer(result: Any) -> _Answer:
+def _answer(result: Any, receipts: int) -> _Answer:
     if not isinstance(result, dict) or not isinstance(result.get("status"), str):
         raise ValueError("a result without a status")
     receipt = result.get("receipt")
-    if receipt is not None and not (isinstance(receipt, str) and receipt.isascii()):
-        raise ValueError("a receipt that is not a compact JWS")
+    if receipt is not None and not (type(receipt) is int and 0 <= receipt < receipts):
+        raise ValueError("a result whose receipt is not an index in receipts")
     problem = result.get("problem")
     code = problem.get("code") if isinstance(problem, dict) else None
-    return _Answer(result["status"], receipt.encode("ascii") if receipt else None, str(code) if code else None)
+    return _Answer(result["status"], receipt, str(code) if code else None)
 
 
 def _problem_text(raw: bytes) -> str:

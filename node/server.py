@@ -115,8 +115,7 @@ class Node:
         )
         senders = [
             Sender(
-                config.node_id, partner, store, partners, self._current_key, session, settings, self.metrics, signing,
-                max_xml_bytes=config.limits.max_xml_bytes,
+                config.node_id, partner, store, partners, self._current_key, session, settings, self.metrics, signing
             )
             for partner in config.partners
         ]

@@ -116,6 +116,7 @@ from .codes import (
 )
 from .messages import (
     MESSAGE_TYPES,
+    Acknowledgement,
     Alarm,
     Body,
     ConsignmentReference,
@@ -135,7 +136,7 @@ from .messages import (
 )
 from .xml import MAX_BYTES, NAMESPACE, XmlError, XmlErrorCode, element_path, parse, parse_own, validate
 
-__all__ = ["decode", "decode_root", "decode_tree", "encode", "peek_message_id"]
+__all__ = ["acknowledgement_size", "decode", "decode_root", "decode_tree", "encode", "peek_message_id"]
 
 
 # --- public API --------------------------------------------------------------
@@ -513,12 +514,16 @@ def _alarm(a: Alarm) -> str:
 
 
 def _receipt(r: Receipt) -> str:
+    return "".join([_acknowledgement(a) for a in r.acknowledgements])
+
+
+def _acknowledgement(a: Acknowledgement) -> str:
     return (
         "<Acknowledgement>"
-        f"{_opt('ReceivedMessageID', r.received_message_id, _uuid)}"
-        f"<ReceivedDigestID>{_hex(r.received_digest)}</ReceivedDigestID>"
-        f"<StatusCode>{_text(r.status)}</StatusCode>"
-        f"<ReceivedDateTime>{_datetime(r.received_at)}</ReceivedDateTime>"
+        f"{_opt('ReceivedMessageID', a.received_message_id, _uuid)}"
+        f"<ReceivedDigestID>{_hex(a.received_digest)}</ReceivedDigestID>"
+        f"<StatusCode>{_text(a.status)}</StatusCode>"
+        f"<ReceivedDateTime>{_datetime(a.received_at)}</ReceivedDateTime>"
         + "".join(
             [
                 "<Error>"
@@ -527,11 +532,16 @@ def _receipt(r: Receipt) -> str:
                 f"<Description>{_text(error.description)}</Description>"
                 f"{'' if error.pointer is None else f'<Pointer><TagID>{_text(error.pointer)}</TagID></Pointer>'}"
                 "</Error>"
-                for n, error in enumerate(r.errors, 1)
+                for n, error in enumerate(a.errors, 1)
             ]
         )
         + "</Acknowledgement>"
     )
+
+
+def acknowledgement_size(a: Acknowledgement) -> int:
+    """The bytes ``a`` adds to a Receipt's XML: how a receiver fills receipts up to `MAX_RECEIPT_XML_BYTES`."""
+    return len(_acknowledgement(a).encode("utf-8"))
 
 
 def _body(body: Body) -> str:
@@ -880,14 +890,18 @@ def _read_error(c: _Cursor) -> ReceiptError:
 
 
 def _read_receipt(c: _Cursor) -> Receipt:
-    c.enter("Acknowledgement")
-    return Receipt(
-        received_message_id=c.optional_uuid("ReceivedMessageID"),
-        received_digest=bytes.fromhex(c.text("ReceivedDigestID")),
-        status=c.code(_RECEIPT_STATUSES, "StatusCode"),
-        received_at=c.date_time("ReceivedDateTime"),
-        errors=tuple(_read_error(c) for _ in c.blocks("Error")),
-    )
+    acknowledgements = []
+    while c.enter_optional("Acknowledgement"):  # the XSD requires one at least, each for other bytes
+        acknowledgements.append(
+            Acknowledgement(
+                received_message_id=c.optional_uuid("ReceivedMessageID"),
+                received_digest=bytes.fromhex(c.text("ReceivedDigestID")),
+                status=c.code(_RECEIPT_STATUSES, "StatusCode"),
+                received_at=c.date_time("ReceivedDateTime"),
+                errors=tuple(_read_error(c) for _ in c.blocks("Error")),
+            )
+        )
+    return Receipt(tuple(acknowledgements))
 
 
 _READERS: Final[dict[str, Callable[[_Cursor], Body]]] = {

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Final
 from uuid import UUID
 
 from .codes import (
@@ -198,14 +199,37 @@ class ReceiptError:
 
 
 @dataclass(frozen=True, slots=True)
-class Receipt:
-    """A signed acknowledgement of a received message, positive or negative."""
+class Acknowledgement:
+    """What became of one received message: accepted, or rejected with errors."""
 
     received_message_id: UUID | None  # None when the message could not be read at all
     received_digest: bytes  # SHA-256 of the exact JWS bytes received
     status: ReceiptStatus
     received_at: datetime
     errors: tuple[ReceiptError, ...] = ()
+
+
+# A Receipt's XML stays within this, however many messages it acknowledges: the largest record a
+# log entry holds, and what every node accepts as a receipt whatever its own limit for records.
+MAX_RECEIPT_XML_BYTES: Final = 48_000
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A signed acknowledgement of received messages, one `Acknowledgement` per message (at least one).
+
+    A node answers a batch with as few receipts as fit `MAX_RECEIPT_XML_BYTES`, each acknowledging a
+    run of the batch's messages; no receipt acknowledges the same bytes twice.
+    """
+
+    acknowledgements: tuple[Acknowledgement, ...]
+
+    def acknowledgement(self, received_digest: bytes) -> Acknowledgement | None:
+        """The acknowledgement of the message whose JWS has this SHA-256, if this receipt has one."""
+        for ack in self.acknowledgements:
+            if ack.received_digest == received_digest:
+                return ack
+        return None
 
 
 Body = SealEvent | ControlResult | RecognitionDecision | UnsealAuthorization | Alarm | Receipt

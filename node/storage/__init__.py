@@ -70,6 +70,7 @@ class WriteStatus(StrEnum):
     DUPLICATE = "duplicate"  # same key, same content: the first outcome is returned
     KEY_CONFLICT = "key-conflict"  # same key, different content
     SEQUENCE_CONFLICT = "sequence-conflict"  # same lock and sequence number, other event
+    NOT_STORED = "not-stored"  # a received message held back: another of its request was a KEY_CONFLICT
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,10 +191,11 @@ class DeliveryResult:
 
 @dataclass(frozen=True, slots=True)
 class ReceivedWrite:
-    """A message received from a partner and the receipt that answers it.
+    """A message received from a partner and the receipt that acknowledges it (with others of its request).
 
     ``record`` is None when the message was rejected: then only the (negative)
-    receipt is stored, under the digest of the bytes it answers.
+    receipt is stored, under the digest of the bytes it answers. The writes of one
+    `Store.store_received` call are stored together or not at all.
     """
 
     partner: str
@@ -207,8 +209,10 @@ class ReceivedWrite:
 
 @dataclass(frozen=True, slots=True)
 class ReceivedOutcome:
-    status: WriteStatus  # ACCEPTED (new), DUPLICATE (original receipt), KEY_CONFLICT (other message, same ID)
-    receipt_jws: bytes | None  # the receipt to answer with; None only for KEY_CONFLICT
+    # ACCEPTED (new), DUPLICATE (original receipt), KEY_CONFLICT (other message, same ID), NOT_STORED (nothing of
+    # the request was stored, for another message's KEY_CONFLICT: its receipts acknowledge that one wrongly)
+    status: WriteStatus
+    receipt_jws: bytes | None  # the receipt to answer with; None for KEY_CONFLICT and NOT_STORED
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,7 +308,9 @@ class Store(Protocol):
 
     # -- exchange with partners (docs/protocol.md) --
 
-    async def store_received(self, writes: list[ReceivedWrite]) -> list[ReceivedOutcome]: ...
+    async def store_received(self, writes: list[ReceivedWrite]) -> list[ReceivedOutcome]:
+        """Store one request's received messages and receipts, all or (on a KEY_CONFLICT) none of them."""
+        ...
 
     async def receipts_for(self, received_digests: list[bytes]) -> dict[bytes, tuple[UUID | None, bytes]]:
         """Receipts this node signed for any of these exact JWS: digest -> (message ID answered, receipt JWS)."""

@@ -44,7 +44,8 @@ import base64
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections import ChainMap
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -859,10 +860,8 @@ def _settle(db: sqlite3.Connection, results: list[DeliveryResult]) -> None:
     # A repeat's receipt is the original, kept already when the first answer was settled.
     known = {row[0] for row in _select_in(db, "SELECT message_id FROM records WHERE message_id IN ({})",
                                           [i for i in receipt_ids if i is not None])}
-    _insert_records(
-        db, [r.receipt for r, i in zip(results, receipt_ids) if r.receipt is not None and i not in known], now,
-        deliver=False,
-    )
+    fresh = {i: r.receipt for r, i in zip(results, receipt_ids) if r.receipt is not None and i not in known}
+    _insert_records(db, list(fresh.values()), now, deliver=False)  # a receipt answering several rows goes in once
     db.executemany(
         "UPDATE outbox SET state = ?, last_error = ?, receipt_message_id = ?, delivered_at = ? WHERE id = ?",
         [
@@ -878,7 +877,13 @@ def _apply_calls(db: sqlite3.Connection, calls: list[Callable[[sqlite3.Connectio
 
 def _apply_received(db: sqlite3.Connection, payloads: list[list[ReceivedWrite]]) -> list[list[ReceivedOutcome]]:
     """Store received messages with their receipts. Checked here, in the transaction, so that two copies
-    of one message arriving at once (or in one batch) are stored once: the second gets the first's receipt."""
+    of one message arriving at once (or in one batch) are stored once: the second gets the first's receipt.
+
+    Each payload (one request's writes) is stored whole or not at all: a receipt acknowledges several of
+    them, so if one turns out to be another message under an ID held already (KEY_CONFLICT, a race the
+    receiver's own checks could not see), nothing of the payload is stored and the receiver signs its
+    receipts again with that message refused. A receipt shared by several writes is stored once.
+    """
     writes = [w for payload in payloads for w in payload]
     stored_at = _ts(datetime.now(timezone.utc))
     answered: dict[bytes, bytes] = {
@@ -890,8 +895,7 @@ def _apply_received(db: sqlite3.Connection, payloads: list[list[ReceivedWrite]])
             [w.received_digest for w in writes],
         )
     }
-    record_ids = [str(w.record.message_id) if w.record is not None else None for w in writes]
-    ids = [i for i in record_ids if i is not None]
+    ids = [str(w.record.message_id) for w in writes if w.record is not None]
     firsts: dict[str, tuple[bytes | None, bytes]] = {
         m: (bytes(digest), bytes(jws))
         for m, digest, jws in _select_in(
@@ -901,41 +905,31 @@ def _apply_received(db: sqlite3.Connection, payloads: list[list[ReceivedWrite]])
             ids,
         )
     }
-    held = {m for (m,) in _select_in(db, "SELECT message_id FROM records WHERE message_id IN ({})", ids)}
-    outcomes: list[ReceivedOutcome] = []
-    records: list[SignedRecord] = []
+    held = {m: True for (m,) in _select_in(db, "SELECT message_id FROM records WHERE message_id IN ({})", ids)}
+    records: dict[UUID, SignedRecord] = {}  # by message ID: a receipt shared by several writes goes in once
     received_rows, issued_rows = [], []
     bodies: list[tuple[SignedRecord, Body]] = []
-    for write, message_id in zip(writes, record_ids, strict=True):
-        if write.received_digest in answered:  # these exact bytes were answered before
-            outcomes.append(ReceivedOutcome(WriteStatus.DUPLICATE, answered[write.received_digest]))
+    results: list[list[ReceivedOutcome]] = []
+    for payload in payloads:
+        # What this payload adds, seen by its own later writes, kept only if it is stored.
+        p_answered, p_firsts, p_held = ChainMap({}, answered), ChainMap({}, firsts), ChainMap({}, held)
+        p_records: list[SignedRecord] = []
+        p_received, p_issued, p_bodies = [], [], []
+        outcomes = [_received_outcome(w, p_answered, p_firsts, p_held, stored_at, p_records, p_received,
+                                      p_issued, p_bodies) for w in payload]
+        if any(o.status is WriteStatus.KEY_CONFLICT for o in outcomes):
+            results.append([o if o.status is WriteStatus.KEY_CONFLICT else ReceivedOutcome(WriteStatus.NOT_STORED, None)
+                            for o in outcomes])
             continue
-        receipt_id = str(write.receipt.message_id)
-        if write.record is not None and message_id is not None:
-            if message_id in firsts:
-                digest, receipt = firsts[message_id]
-                outcomes.append(
-                    ReceivedOutcome(WriteStatus.DUPLICATE, receipt)
-                    if digest == write.payload_digest
-                    else ReceivedOutcome(WriteStatus.KEY_CONFLICT, None)
-                )
-                continue
-            if message_id in held:  # an ID this node holds already, not as a received message
-                outcomes.append(ReceivedOutcome(WriteStatus.KEY_CONFLICT, None))
-                continue
-            records += (write.record, write.receipt)
-            received_rows.append((message_id, write.partner, write.payload_digest, receipt_id, stored_at))
-            if write.body is not None:
-                bodies.append((write.record, write.body))
-            firsts[message_id] = (write.payload_digest, write.receipt.jws)
-            held.add(message_id)
-        else:
-            records.append(write.receipt)
-        received_id = str(write.received_message_id) if write.received_message_id else None
-        issued_rows.append((write.received_digest, write.partner, received_id, receipt_id))
-        answered[write.received_digest] = write.receipt.jws
-        outcomes.append(ReceivedOutcome(WriteStatus.ACCEPTED, write.receipt.jws))
-    _insert_records(db, records, stored_at, deliver=False)
+        answered.update(p_answered.maps[0])
+        firsts.update(p_firsts.maps[0])
+        held.update(p_held.maps[0])
+        records.update((r.message_id, r) for r in p_records)
+        received_rows += p_received
+        issued_rows += p_issued
+        bodies += p_bodies
+        results.append(outcomes)
+    _insert_records(db, list(records.values()), stored_at, deliver=False)
     db.executemany(
         "INSERT INTO received (message_id, partner, payload_digest, receipt_message_id, received_at) VALUES (?,?,?,?,?)",
         received_rows,
@@ -946,7 +940,39 @@ def _apply_received(db: sqlite3.Connection, payloads: list[list[ReceivedWrite]])
         " VALUES (?,?,?,?)",
         issued_rows,
     )
-    return _split(outcomes, [len(p) for p in payloads])
+    return results
+
+
+def _received_outcome(
+    write: ReceivedWrite, answered: MutableMapping[bytes, bytes],
+    firsts: MutableMapping[str, tuple[bytes | None, bytes]], held: MutableMapping[str, bool], stored_at: str,
+    records: list[SignedRecord], received_rows: list[tuple[Any, ...]], issued_rows: list[tuple[Any, ...]],
+    bodies: list[tuple[SignedRecord, Body]],
+) -> ReceivedOutcome:
+    """One received write, judged against what is held (and staged): its outcome, its rows staged."""
+    if write.received_digest in answered:  # these exact bytes were answered before
+        return ReceivedOutcome(WriteStatus.DUPLICATE, answered[write.received_digest])
+    receipt_id = str(write.receipt.message_id)
+    if write.record is not None:
+        message_id = str(write.record.message_id)
+        if message_id in firsts:
+            digest, receipt = firsts[message_id]
+            if digest == write.payload_digest:
+                return ReceivedOutcome(WriteStatus.DUPLICATE, receipt)
+            return ReceivedOutcome(WriteStatus.KEY_CONFLICT, None)
+        if message_id in held:  # an ID this node holds already, not as a received message
+            return ReceivedOutcome(WriteStatus.KEY_CONFLICT, None)
+        records.append(write.record)
+        received_rows.append((message_id, write.partner, write.payload_digest, receipt_id, stored_at))
+        if write.body is not None:
+            bodies.append((write.record, write.body))
+        firsts[message_id] = (write.payload_digest, write.receipt.jws)
+        held[message_id] = True
+    records.append(write.receipt)
+    received_id = str(write.received_message_id) if write.received_message_id else None
+    issued_rows.append((write.received_digest, write.partner, received_id, receipt_id))
+    answered[write.received_digest] = write.receipt.jws
+    return ReceivedOutcome(WriteStatus.ACCEPTED, write.receipt.jws)
 
 
 def _insert_links(db: sqlite3.Connection, rows: list[tuple[str, str, str]]) -> None:

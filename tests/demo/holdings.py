@@ -130,7 +130,7 @@ def about(body: Body) -> str:
         return f"container {' '.join(body.containers) or '?'}, consignment {body.consignment_refs[0].id}"
     if isinstance(body, ControlResult):
         return f"consignment {body.consignment_refs[0].id}"
-    return f"receipt for {body.received_message_id}"
+    return "receipt for " + ", ".join(str(a.received_message_id) for a in body.acknowledgements)
 
 
 # -- every node agrees on every record ---------------------------------------------------------------------------
@@ -185,10 +185,11 @@ def unreceipted(held: dict[str, Holdings]) -> list[str]:
                 failures.append(f"{where} has no receipt record")
             elif receipt.sender != row.partner:
                 failures.append(f"{where} holds a receipt from {receipt.sender}")
-            elif receipt.body.received_digest != record.digest:
-                failures.append(f"{where}: receipt {receipt.message_id} is for another digest")
-            elif receipt.body.status is not ReceiptStatus.ACCEPTED:
-                failures.append(f"{where}: receipt {receipt.message_id} says {receipt.body.status.value}")
+            elif (ack := receipt.body.acknowledgement(record.digest)) is None:
+                failures.append(f"{where}: receipt {receipt.message_id} does not acknowledge the record's digest")
+            elif ack.status is not ReceiptStatus.ACCEPTED or str(ack.received_message_id) != record.message_id:
+                failures.append(f"{where}: receipt {receipt.message_id} says {ack.status.value} "
+                                f"of {ack.received_message_id}")
     return failures
 
 

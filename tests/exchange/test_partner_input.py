@@ -16,24 +16,27 @@ import json
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from uuid import UUID, uuid4
 
 import pytest
 from aiohttp import web
-
-from mrx.keys.jws import SigningKey
+from mrx.keys.jws import SigningKey, parse_compact
 from mrx.keys.keyring import KeyStore
 from mrx.keys.keyset import sign_statement
 from mrx.node.inputs import SealEventIn
 from mrx.node.partners import ON_DEMAND_INTERVAL, sign_request
 from mrx.node.records import RecordSigner, own_keys, verify_record
-from mrx.schemas.messages import Receipt
+from mrx.schemas import codec
+from mrx.schemas.codes import ReceiptStatus
+from mrx.schemas.messages import Acknowledgement, Receipt, SealEvent
+
 from tests import factories
-from tests.corridor import Db, Member, call, free_port, write_partners
+from tests.corridor import Db, Member, call, free_port, wait_until, write_partners
 from tests.nodeproc import NodeProcess, make_node
 
 EXCHANGE = "/v1/exchange/messages"
@@ -48,6 +51,8 @@ class FakePartner:
     keys: KeyStore
     port: int = field(default_factory=free_port)
     statements: list[bytes] | None = None  # None: serve the key store's own chain
+    # How it answers the node's deliveries (`answer`); None: 503, as a partner not ready yet.
+    answering: Callable[[list[bytes]], dict[str, Any]] | None = None
 
     @property
     def url(self) -> str:
@@ -65,13 +70,30 @@ class FakePartner:
         return self.statements if self.statements is not None else self.keys.statements()
 
     def record(self, *, to: tuple[str, ...] = ("CN-AKL",), key: SigningKey | None = None,
-               at: datetime | None = None) -> bytes:
+               at: datetime | None = None, message_id: UUID | None = None) -> bytes:
         event = SealEventIn.model_validate(factories.seal_event(lock="LK-P")).to_domain(
             "GW-P", datetime.now(timezone.utc)
         )
         signer = RecordSigner(self.node_id, lambda: key or self.key,
-                              clock=(lambda: at) if at else (lambda: datetime.now(timezone.utc)))
+                              clock=(lambda: at) if at else (lambda: datetime.now(timezone.utc)),
+                              new_id=(lambda: message_id) if message_id else uuid4)
         return signer.sign(event, recipients=to).jws
+
+    def receipts(self, tokens: list[bytes], *, withhold: str = "", receipt: int = 0) -> dict[str, Any]:
+        """An answer to a delivery, as a partner's receiver gives it: one receipt for the batch, each result
+        pointing at it (``receipt``: the index it gives). It acknowledges every message, but not the seal
+        events of lock ``withhold``."""
+        now = datetime.now(timezone.utc)
+        messages = [codec.decode(parse_compact(t, max_bytes=len(t) + 1).payload) for t in tokens]
+        acks = tuple(
+            Acknowledgement(m.header.message_id, hashlib.sha256(t).digest(), ReceiptStatus.ACCEPTED, now)
+            for t, m in zip(tokens, messages, strict=True)
+            if not (isinstance(m.body, SealEvent) and m.body.lock_id == withhold)
+        )
+        signed = RecordSigner(self.node_id, lambda: self.key).sign(Receipt(acks), recipients=("CN-AKL",))
+        results = [{"index": i, "status": "accepted", "receipt": receipt} for i in range(len(tokens))]
+        return {"accepted": len(tokens), "duplicate": 0, "rejected": 0, "deferred": 0,
+                "receipts": [signed.jws.decode()], "results": results}
 
 
 def _serve(partners: list[FakePartner]) -> Iterator[None]:
@@ -83,8 +105,15 @@ def _serve(partners: list[FakePartner]) -> Iterator[None]:
             async def statements(request: web.Request, partner: FakePartner = partner) -> web.Response:
                 return web.json_response({"statements": [t.decode() for t in partner.served()]})
 
+            async def deliveries(request: web.Request, partner: FakePartner = partner) -> web.Response:
+                if partner.answering is None:
+                    return web.json_response({"code": "unavailable"}, status=503)
+                tokens = [m.encode() for m in (await request.json())["messages"]]
+                return web.json_response(partner.answering(tokens))
+
             app = web.Application()
             app.router.add_get("/.well-known/mrx-key-statements", statements)
+            app.router.add_post(EXCHANGE, deliveries)
             runner = web.AppRunner(app)
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", partner.port).start()
@@ -141,13 +170,18 @@ def _send(setup: Setup, messages: list[bytes], *, partner: FakePartner | None = 
     return _post(setup, body, auth)
 
 
-def _receipt(setup: Setup, token: str) -> Receipt:
-    """The node's receipt, verified with the node's keys; it is addressed to the partner that sent."""
+def _acknowledgement(setup: Setup, answer: dict[str, Any], index: int) -> Acknowledgement:
+    """How the node's receipt acknowledges message ``index`` of a batch, the receipt verified with the
+    node's keys; it is addressed to the partner that sent, and acknowledges the bytes of the result's digest."""
+    result = answer["results"][index]
     keyring = KeyStore.open(setup.node.node.config.keys_path).keyring()
+    token = answer["receipts"][result["receipt"]]
     verified = verify_record(token.encode(), own_keys("CN-AKL", keyring), max_xml_bytes=262_144)
     assert isinstance(verified.message.body, Receipt)
     assert verified.message.header.recipients == ("KZ-DOS",)
-    return verified.message.body
+    ack = verified.message.body.acknowledgement(bytes.fromhex(result["digest"]))
+    assert ack is not None, f"receipt {result['receipt']} does not acknowledge message {index}"
+    return ack
 
 
 def _held(setup: Setup, token: bytes) -> int:
@@ -194,7 +228,7 @@ def test_a_replayed_request_is_refused_and_a_replayed_message_gets_its_first_rec
     assert (status, problem["code"]) == (409, "request-replayed")
     status, again = _send(setup, [record])  # the same message in a new, properly signed request
     assert again["results"][0]["status"] == "duplicate"
-    assert again["results"][0]["receipt"] == first["results"][0]["receipt"]
+    assert again["receipts"][again["results"][0]["receipt"]] == first["receipts"][first["results"][0]["receipt"]]
     assert _held(setup, record) == 1
 
 
@@ -226,13 +260,15 @@ def test_one_bad_message_among_good_ones_gets_its_own_negative_receipt(setup: Se
     assert [r["status"] for r in body["results"]] == ["accepted", "rejected", "accepted"]
     bad = body["results"][1]
     assert bad["problem"]["code"] == "jws-bad-signature" and bad["problem"]["status"] == 401
-    receipt = _receipt(setup, bad["receipt"])
-    assert receipt.status.value == "REJECTED" and receipt.errors[0].code == "jws-bad-signature"
-    assert receipt.received_digest == hashlib.sha256(forged).digest()
+    rejected = _acknowledgement(setup, body, 1)
+    assert rejected.status.value == "REJECTED" and rejected.errors[0].code == "jws-bad-signature"
+    assert rejected.received_digest == hashlib.sha256(forged).digest()
     assert [_held(setup, g) for g in good] == [1, 1] and _held(setup, forged) == 0
-    for result, token in zip(body["results"][::2], good):
-        accepted = _receipt(setup, result["receipt"])
+    for index, token in ((0, good[0]), (2, good[1])):
+        accepted = _acknowledgement(setup, body, index)
         assert accepted.status.value == "ACCEPTED" and accepted.received_digest == hashlib.sha256(token).digest()
+    # One signed receipt answers the batch: one signature for the sender to verify, not three.
+    assert len(body["receipts"]) == 1 and {r["receipt"] for r in body["results"]} == {0}
 
 
 def test_a_message_addressed_to_another_node_is_refused_with_403(setup: Setup) -> None:
@@ -242,7 +278,7 @@ def test_a_message_addressed_to_another_node_is_refused_with_403(setup: Setup) -
     assert (result["status"], result["problem"]["code"], result["problem"]["status"]) == (
         "rejected", "exchange-not-addressed", 403,
     )
-    assert _receipt(setup, result["receipt"]).errors[0].code == "exchange-not-addressed"
+    assert _acknowledgement(setup, body, 0).errors[0].code == "exchange-not-addressed"
     assert _held(setup, record) == 0
 
 
@@ -340,5 +376,82 @@ def test_two_copies_in_one_batch_are_stored_once(setup: Setup) -> None:
     record = setup.dos.record()
     status, body = _send(setup, [record, record])
     assert [r["status"] for r in body["results"]] == ["accepted", "duplicate"], body
-    assert body["results"][0]["receipt"] == body["results"][1]["receipt"]
+    assert body["results"][0]["receipt"] == body["results"][1]["receipt"] == 0 and len(body["receipts"]) == 1
     assert _held(setup, record) == 1
+
+
+def test_a_record_under_an_id_the_node_holds_is_refused_and_the_rest_of_its_batch_kept(setup: Setup) -> None:
+    """Only the store's transaction sees that the ID is the node's own record's: the batch's receipt is signed
+    again, so that it acknowledges the good record as ACCEPTED and the other as REJECTED, never both ACCEPTED."""
+    event = factories.seal_event(lock="LK-OWN")
+    status, body = call(setup.node.url + "/v1/seal-events", setup.node.node.tokens["GW-1"], event)
+    assert status == 201, body
+    own = UUID(body["message_id"])
+    good, clash = setup.dos.record(), setup.dos.record(message_id=own)
+    status, body = _send(setup, [good, clash])
+    assert status == 200 and [r["status"] for r in body["results"]] == ["accepted", "rejected"], body
+    assert body["results"][1]["problem"]["code"] == "exchange-message-id-conflict"
+    assert len(body["receipts"]) == 1
+    assert _acknowledgement(setup, body, 0).status.value == "ACCEPTED"
+    refused = _acknowledgement(setup, body, 1)
+    assert refused.status.value == "REJECTED" and refused.errors[0].code == "exchange-message-id-conflict"
+    assert (_held(setup, good), _held(setup, clash)) == (1, 0)
+    assert Db(setup.node).value("SELECT message_type FROM records WHERE message_id = ?", (str(own),)) == (
+        "SealEventNotification"
+    )
+
+
+# -- what the node makes of a partner's receipts ------------------------------------
+
+
+def _deliver_two(setup: Setup, serial: int, locks: tuple[str, str]) -> list[str]:
+    """Two seal events whose records CN-AKL addresses to KZ-DOS (their container's itinerary); their IDs."""
+    container = factories.container(serial=serial)
+    itinerary = {"consignment": {"type": "MRN", "id": f"26CN{serial:012d}A1"},
+                 "offices": ["CNAKL", "KZDOS"], "containers": [container]}
+    assert call(setup.node.url + "/v1/itineraries", setup.node.node.tokens["NCS"], itinerary)[0] == 200
+    events = [factories.seal_event(lock=lock, container=container) for lock in locks]
+    status, body = call(setup.node.url + "/v1/seal-events", setup.node.node.tokens["GW-1"], {"events": events})
+    assert status == 200 and body["accepted"] == 2, body
+    return [r["message_id"] for r in body["results"]]
+
+
+def _outbox(setup: Setup, message_id: str) -> tuple[str, str | None, str | None]:
+    return Db(setup.node).rows(
+        "SELECT state, last_error, receipt_message_id FROM outbox WHERE partner = 'KZ-DOS' AND message_id = ?",
+        (message_id,),
+    )[0]
+
+
+def test_a_receipt_that_does_not_acknowledge_a_record_does_not_deliver_it(setup: Setup) -> None:
+    """KZ-DOS answers a batch with one receipt that leaves a record out: that record is not delivered (and is
+    sent again), the other is; once a receipt acknowledges it, it is delivered too."""
+    setup.dos.answering = lambda tokens: setup.dos.receipts(tokens, withhold="LK-NOACK")
+    try:
+        kept, left_out = _deliver_two(setup, 880_001, ("LK-ACK", "LK-NOACK"))
+        wait_until(lambda: _outbox(setup, kept)[0] == "delivered"
+                   and "receipt-invalid" in (_outbox(setup, left_out)[1] or ""), 20, "one delivered, one not")
+        state, error, receipt = _outbox(setup, left_out)
+        assert state != "delivered" and receipt is None
+        assert error == "receipt-invalid: it answers other bytes than those sent"
+        setup.dos.answering = setup.dos.receipts
+        wait_until(lambda: _outbox(setup, left_out)[0] == "delivered", 20, "the record left out, delivered")
+        receipt_id = _outbox(setup, left_out)[2]
+        jws = Db(setup.node).value("SELECT jws FROM records WHERE message_id = ?", (receipt_id,))
+        sent = Db(setup.node).value("SELECT jws FROM records WHERE message_id = ?", (left_out,))
+        body = codec.decode(parse_compact(bytes(jws), max_bytes=len(jws) + 1).payload).body
+        assert isinstance(body, Receipt) and body.acknowledgement(hashlib.sha256(bytes(sent)).digest()) is not None
+    finally:
+        setup.dos.answering = None
+
+
+def test_an_answer_naming_a_receipt_it_does_not_hold_is_refused_whole(setup: Setup) -> None:
+    setup.dos.answering = lambda tokens: setup.dos.receipts(tokens, receipt=1)  # there is only receipts[0]
+    try:
+        first, second = _deliver_two(setup, 880_002, ("LK-IDX-1", "LK-IDX-2"))
+        wait_until(lambda: "bad-response" in (_outbox(setup, second)[1] or ""), 20, "the answer refused")
+        assert {_outbox(setup, m)[0] for m in (first, second)} <= {"queued", "in-flight"}
+        setup.dos.answering = setup.dos.receipts
+        wait_until(lambda: {_outbox(setup, m)[0] for m in (first, second)} == {"delivered"}, 20, "both delivered")
+    finally:
+        setup.dos.answering = None

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from mrx.keys.jws import SigningKey
 from mrx.node.access import new_credential
 from mrx.node.inputs import SealEventIn
@@ -25,9 +24,10 @@ from mrx.node.storage import (
     TimelineKey,
     WriteStatus,
 )
-from mrx.schemas.codes import ReceiptStatus
-from mrx.schemas.messages import Receipt
 from mrx.node.storage.sqlite import SqliteStore
+from mrx.schemas.codes import ReceiptStatus
+from mrx.schemas.messages import Acknowledgement, Receipt
+
 from tests import factories
 
 KEY = SigningKey.generate()
@@ -115,7 +115,7 @@ async def test_no_statement_on_the_ingest_or_read_path_scans_a_table(store: Sqli
     await store.addressed_to("KZ-DOS", "1", 10)
     await store.prune_delivered(NOW)
     theirs = RecordSigner("KZ-DOS", lambda: KEY).sign(write(seq=1, lock="LK-Y").event, recipients=("CN-AKL",))
-    receipt = SIGNER.sign(Receipt(theirs.message_id, theirs.digest, ReceiptStatus.ACCEPTED, NOW))
+    receipt = SIGNER.sign(Receipt((Acknowledgement(theirs.message_id, theirs.digest, ReceiptStatus.ACCEPTED, NOW),)))
     await store.store_received(
         [ReceivedWrite("KZ-DOS", theirs.digest, receipt, theirs.message_id, theirs, theirs.digest)]
     )
@@ -143,7 +143,7 @@ async def test_partner_seal_events_join_the_chain_and_a_colliding_one_is_kept_as
     for seq in (2, 1):  # 2 joins the chain; 1 claims a number this node holds under another event
         event = write(seq=seq, lock="LK-C").event
         theirs = partner.sign(event, recipients=("CN-AKL",))
-        receipt = SIGNER.sign(Receipt(theirs.message_id, theirs.digest, ReceiptStatus.ACCEPTED, NOW))
+        receipt = SIGNER.sign(Receipt((Acknowledgement(theirs.message_id, theirs.digest, ReceiptStatus.ACCEPTED, NOW),)))
         received.append(
             ReceivedWrite("KZ-DOS", theirs.digest, receipt, theirs.message_id, theirs, theirs.digest, event)
         )
@@ -178,3 +178,47 @@ async def test_recognition_progress_never_moves_back(store: SqliteStore) -> None
     assert await store.settled_before() == NOW
     await store.save_settled_before(NOW + timedelta(seconds=5))
     assert await store.settled_before() == NOW + timedelta(seconds=5)
+
+
+def _received(theirs: Any, receipt: Any) -> ReceivedWrite:
+    payload = hashlib.sha256(theirs.jws.split(b".")[1]).digest()
+    return ReceivedWrite("KZ-DOS", theirs.digest, receipt, theirs.message_id, theirs, payload)
+
+
+def _receipt_for(*records: Any) -> Any:
+    acks = tuple(Acknowledgement(r.message_id, r.digest, ReceiptStatus.ACCEPTED, NOW) for r in records)
+    return SIGNER.sign(Receipt(acks), recipients=("KZ-DOS",))
+
+
+async def test_one_receipt_answers_a_request_and_is_stored_once(store: SqliteStore) -> None:
+    partner = RecordSigner("KZ-DOS", lambda: KEY)
+    theirs = [partner.sign(write(seq=n, lock="LK-R").event, recipients=("CN-AKL",)) for n in (1, 2, 3)]
+    receipt = _receipt_for(*theirs)
+    outcomes = await store.store_received([_received(t, receipt) for t in theirs])
+    assert [(o.status, o.receipt_jws) for o in outcomes] == [(WriteStatus.ACCEPTED, receipt.jws)] * 3
+    assert await store.receipts_for([t.digest for t in theirs]) == {t.digest: (t.message_id, receipt.jws) for t in theirs}
+    with sqlite3.connect(store.path) as db:
+        assert db.execute("SELECT COUNT(*) FROM records WHERE message_id = ?", (str(receipt.message_id),)).fetchone() == (1,)
+
+
+async def test_a_request_with_a_message_id_conflict_is_stored_not_at_all(store: SqliteStore) -> None:
+    """Its receipt says ACCEPTED of every message, so a request is stored whole or not at all: a message found
+    (only in the transaction) to be another under an ID held already leaves nothing of its request stored."""
+    partner = RecordSigner("KZ-DOS", lambda: KEY)
+    first = partner.sign(write(seq=1, lock="LK-K").event, recipients=("CN-AKL",))
+    await store.store_received([_received(first, _receipt_for(first))])
+    good = partner.sign(write(seq=2, lock="LK-K").event, recipients=("CN-AKL",))
+    ids = iter([first.message_id])  # another message under the ID already received
+    other = RecordSigner("KZ-DOS", lambda: KEY, new_id=lambda: next(ids)).sign(
+        write(seq=3, lock="LK-K").event, recipients=("CN-AKL",)
+    )
+    receipt = _receipt_for(good, other)
+    outcomes = await store.store_received([_received(good, receipt), _received(other, receipt)])
+    assert [(o.status, o.receipt_jws) for o in outcomes] == [
+        (WriteStatus.NOT_STORED, None), (WriteStatus.KEY_CONFLICT, None),
+    ]
+    assert await store.received([good.message_id]) == {}
+    assert await store.receipts_for([good.digest, other.digest]) == {}
+    with sqlite3.connect(store.path) as db:
+        held = {m for (m,) in db.execute("SELECT message_id FROM records")}
+    assert str(good.message_id) not in held and str(receipt.message_id) not in held

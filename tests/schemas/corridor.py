@@ -8,7 +8,7 @@ near Brest (BYBQT) the lock of a second container reports tampering and
 Belarus raises an alarm; at Małaszewicze (PLMAA) Poland refuses to
 recognise that container's inspection, since its seal chain broke,
 authorises unsealing CSQU3054383's lock, and the lock reports the opening.
-Receipts acknowledge a message and refuse another.
+Receipts acknowledge a message, refuse another, and answer a batch of three.
 
 Each vector file is these messages encoded by `mrx.schemas.codec.encode`
 and indented for reading (`pretty`); ``test_vectors`` checks that decoding a
@@ -45,6 +45,7 @@ from mrx.schemas.codes import (
     SealTypeCode,
 )
 from mrx.schemas.messages import (
+    Acknowledgement,
     Alarm,
     Body,
     ConsignmentReference,
@@ -98,6 +99,7 @@ UNSEALED_MESSAGE_ID = UUID("7c1e2a90-3b5d-4f61-8a0e-2d9c4b7f1a08")
 ACCEPTED_RECEIPT_ID = UUID("7c1e2a90-3b5d-4f61-8a0e-2d9c4b7f1a09")
 REJECTED_RECEIPT_ID = UUID("7c1e2a90-3b5d-4f61-8a0e-2d9c4b7f1a0a")
 ALARM_MESSAGE_ID = UUID("7c1e2a90-3b5d-4f61-8a0e-2d9c4b7f1a0b")
+BATCH_RECEIPT_ID = UUID("7c1e2a90-3b5d-4f61-8a0e-2d9c4b7f1a0c")
 AUTHORIZATION_ID = UUID("3f9a6c12-0d47-4b8e-b1c5-6e2f8a4d9c70")
 
 
@@ -345,10 +347,14 @@ RECEIPT_ACCEPTED = _message(
     ("CN-GACC",),
     datetime(2025, 3, 16, 8, 5, 2, 318000, tzinfo=UTC),
     Receipt(
-        received_message_id=CONTROL_MESSAGE_ID,
-        received_digest=bytes.fromhex("9f2c4e6a8b0d1f3e5a7c9e1b3d5f7a9c2e4b6d8f0a1c3e5b7d9f1a3c5e7b9d1f"),
-        status=ReceiptStatus.ACCEPTED,
-        received_at=datetime(2025, 3, 16, 8, 5, 2, 114000, tzinfo=UTC),
+        (
+            Acknowledgement(
+                received_message_id=CONTROL_MESSAGE_ID,
+                received_digest=bytes.fromhex("9f2c4e6a8b0d1f3e5a7c9e1b3d5f7a9c2e4b6d8f0a1c3e5b7d9f1a3c5e7b9d1f"),
+                status=ReceiptStatus.ACCEPTED,
+                received_at=datetime(2025, 3, 16, 8, 5, 2, 114000, tzinfo=UTC),
+            ),
+        )
     ),
     correlation_id=CONTROL_MESSAGE_ID,
 )
@@ -359,21 +365,61 @@ RECEIPT_REJECTED = _message(
     ("BY-SCC",),
     datetime(2025, 3, 20, 17, 41, 9, tzinfo=UTC),
     Receipt(
-        received_message_id=UUID("0d6e8f1a-2b3c-4d5e-8f9a-0b1c2d3e4f5a"),
-        received_digest=bytes.fromhex("41b8d2f0e3a5c7b9d1f3e5a7c9b1d3f5e7a9c1b3d5f7e9a1c3b5d7f9e1a3c5b7"),
-        status=ReceiptStatus.REJECTED,
-        received_at=datetime(2025, 3, 20, 17, 41, 8, 870000, tzinfo=UTC),
-        errors=(
-            ReceiptError(
-                "identifier-invalid",
-                "container number 'TGHU8721608' has check digit 8, but ISO 6346 gives 7",
-                "/ControlResultNotification/ControlResult/TransportEquipment[2]/ID",
+        (
+            Acknowledgement(
+                received_message_id=UUID("0d6e8f1a-2b3c-4d5e-8f9a-0b1c2d3e4f5a"),
+                received_digest=bytes.fromhex("41b8d2f0e3a5c7b9d1f3e5a7c9b1d3f5e7a9c1b3d5f7e9a1c3b5d7f9e1a3c5b7"),
+                status=ReceiptStatus.REJECTED,
+                received_at=datetime(2025, 3, 20, 17, 41, 8, 870000, tzinfo=UTC),
+                errors=(
+                    ReceiptError(
+                        "identifier-invalid",
+                        "container number 'TGHU8721608' has check digit 8, but ISO 6346 gives 7",
+                        "/ControlResultNotification/ControlResult/TransportEquipment[2]/ID",
+                    ),
+                    ReceiptError(
+                        "record-key-not-valid",
+                        "the signing key was revoked before the record says it was prepared",
+                    ),
+                ),
             ),
-            ReceiptError(
-                "record-key-not-valid",
-                "the signing key was revoked before the record says it was prepared",
+        )
+    ),
+)
+
+# Dostyk answers a batch of Alashankou's: the first two records stored, the third refused.
+RECEIPT_BATCH = _message(
+    BATCH_RECEIPT_ID,
+    "KZ-DOS",
+    ("CN-AKL",),
+    datetime(2025, 3, 16, 14, 2, 40, 51000, tzinfo=UTC),
+    Receipt(
+        (
+            Acknowledgement(
+                received_message_id=UUID("7c1e2d3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f"),
+                received_digest=bytes.fromhex("0b1d3f5a7c9e2b4d6f8a0c2e4b6d8f1a3c5e7b9d2f4a6c8e0b2d4f6a8c1e3b5d"),
+                status=ReceiptStatus.ACCEPTED,
+                received_at=datetime(2025, 3, 16, 14, 2, 40, 12000, tzinfo=UTC),
             ),
-        ),
+            Acknowledgement(
+                received_message_id=UUID("8d2f3e4a-5b6c-4d7e-9f8a-0b1c2d3e4f5a"),
+                received_digest=bytes.fromhex("1c2e4a6b8d0f3a5c7e9b1d3f5a7c9e2b4d6f8a0c2e4b6d8f1a3c5e7b9d2f4a6c"),
+                status=ReceiptStatus.ACCEPTED,
+                received_at=datetime(2025, 3, 16, 14, 2, 40, 12000, tzinfo=UTC),
+            ),
+            Acknowledgement(
+                received_message_id=UUID("9e3a4f5b-6c7d-4e8f-a09b-1c2d3e4f5a6b"),
+                received_digest=bytes.fromhex("2d3f5b7c9e1a4b6d8f0a2c4e6b8d0f2a4c6e8b0d2f4a6c8e1b3d5f7a9c2e4b6d"),
+                status=ReceiptStatus.REJECTED,
+                received_at=datetime(2025, 3, 16, 14, 2, 40, 12000, tzinfo=UTC),
+                errors=(
+                    ReceiptError(
+                        "exchange-not-addressed",
+                        "the record is addressed to BY-SCC, not to KZ-DOS",
+                    ),
+                ),
+            ),
+        )
     ),
 )
 
@@ -390,6 +436,7 @@ VECTORS: dict[str, Message] = {
     "UnsealAuthorization--at-malaszewicze": UNSEAL_AT_MALASZEWICZE,
     "Receipt--accepted": RECEIPT_ACCEPTED,
     "Receipt--rejected": RECEIPT_REJECTED,
+    "Receipt--batch": RECEIPT_BATCH,
 }
 
 

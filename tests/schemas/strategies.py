@@ -31,6 +31,7 @@ from mrx.schemas.codes import (
 from mrx.schemas.identifiers import iso6346_check_digit, luhn_check_digit
 from mrx.schemas.messages import (
     MESSAGE_TYPES,
+    Acknowledgement,
     Alarm,
     Body,
     ConsignmentReference,
@@ -237,13 +238,19 @@ alarms = st.builds(
     evidence=_tuples(st.uuids()),
 )
 
-receipts = st.builds(
-    Receipt,
+acknowledgements = st.builds(
+    Acknowledgement,
     received_message_id=st.none() | st.uuids(),
     received_digest=digests,
     status=st.sampled_from(ReceiptStatus),
     received_at=datetimes,
     errors=_tuples(st.builds(ReceiptError, code=validation_codes, description=free_text, pointer=st.none() | tag_ids)),
+)
+
+# One acknowledgement or several, each of other bytes (the XSD's unique constraint).
+receipts = st.builds(
+    Receipt,
+    st.lists(acknowledgements, min_size=1, max_size=4, unique_by=lambda a: a.received_digest).map(tuple),
 )
 
 BODIES: dict[str, st.SearchStrategy[Body]] = {

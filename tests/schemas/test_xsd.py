@@ -111,6 +111,17 @@ def test_wco_naming(name: str, xmlschema_validators: dict[str, xmlschema.XMLSche
             assert local.endswith(TYPE_WORDS), f"{local} does not end in a WCO type word"
 
 
+# Repeated blocks named by a key of their own instead of a number: Receipt 1.1's Acknowledgements, each
+# by the digest of the bytes it answers (an xs:unique), so that 1.0 receipts (one, unnumbered) stay valid.
+KEYED_BLOCKS = {"Acknowledgement"}
+
+
+def test_keyed_blocks_are_unique_by_their_key(xmlschema_validators: dict[str, xmlschema.XMLSchema10]) -> None:
+    receipt = xmlschema_validators["Receipt"].elements["Receipt"]
+    keys = {(c.selector.path, tuple(f.path for f in c.fields)) for c in receipt.identities}
+    assert keys == {("mrx:Acknowledgement", ("mrx:ReceivedDigestID",))}
+
+
 @pytest.mark.parametrize("name", MESSAGE_TYPE_NAMES)
 def test_every_repeated_block_starts_with_its_sequence_number(
     name: str, xmlschema_validators: dict[str, xmlschema.XMLSchema10]
@@ -118,6 +129,8 @@ def test_every_repeated_block_starts_with_its_sequence_number(
     for element in element_declarations(xmlschema_validators[name]):
         if element.max_occurs == 1 or element.type.is_simple():
             continue  # single blocks, and simple repeated values (Header/RecipientID), have no number
+        if element.local_name in KEYED_BLOCKS:
+            continue
         first = next(iter(element.type.content.iter_elements()))
         assert first.local_name == "SequenceNumeric", f"{element.local_name} starts with {first.local_name}"
 
