@@ -20,7 +20,10 @@ lock's events are in that lock's container).
 
 First 100 events go through the corridor unmeasured (keys fetched, connections
 open). Then, per repeat, four loads, all but one right after an echo-server
-run of the same load:
+run of the same load. Before each single-node run the lone node is filled,
+unmeasured, to as many seal events as CN-AKL holds (`Corridor.fill_single`):
+a node slows a little as its database grows, and CN-AKL takes three loads
+per repeat to the lone node's one, so the two are compared at one size.
 
 - throughput, single node: closed loop, batch 100, 4 connections, into the
   lone node. Figure: accepted events/s in the window.
@@ -339,6 +342,7 @@ class Corridor:
         }
         register_itineraries(self.sender.url, self.sender.node.tokens["NCS"], [RECEIVER[0]])
         register_itineraries(single_url, self.single.tokens["NCS"], [])
+        self._filled = 0  # events `fill_single` has stored
 
     def prime(self) -> float:
         """Deliver a first batch, so that keys are fetched and connections open before anything is measured."""
@@ -512,6 +516,32 @@ class Corridor:
             "undelivered_by_state": {k: v for k, v in states.items() if k != "delivered"},
         }
 
+    def fill_single(self) -> int:
+        """Store unmeasured events at the lone node up to as many as CN-AKL holds; how many were added.
+
+        A node slows a little as its database fills (each run's "stored before" shows it), and CN-AKL takes
+        more load than the lone node (the apart and latency runs too), so without this the single-node
+        figure would be taken on a smaller database than the forwarding figure it is compared with.
+        """
+        target = _stored_seal_events(self.sender.node.database)
+        missing = target - _stored_seal_events(self.single.database)
+        url, token = self.procs["single"].url + "/v1/seal-events", self.single.tokens[GATEWAY]
+        added = 0
+        while added < missing:
+            events = []
+            for _ in range(min(100, missing - added)):
+                lock = self._filled % len(CONTAINERS)
+                events.append(factories.seal_event(
+                    seq=self._filled // len(CONTAINERS) + 1, lock=f"LK-FILL-{lock}", seal=f"ES-FILL-{lock}",
+                    container=CONTAINERS[lock],
+                ))
+                self._filled += 1
+            status, body = call(url, token, {"events": events})
+            if status != 200 or body.get("accepted") != len(events):
+                raise SystemExit(f"filling the lone node: HTTP {status}: {json.dumps(body)[:1000]}")
+            added += len(events)
+        return max(added, 0)
+
     def _scrape(self) -> tuple[dict, dict]:
         return scrape(self.sender.url), scrape(self.receiver.url)
 
@@ -574,6 +604,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             for repeat in range(args.repeat):
                 tag = f"repeat {repeat + 1}/{args.repeat}"
                 for which, echo_key in (("single", "echo_throughput"), ("forwarding", "echo_forwarding")):
+                    if which == "single":
+                        corridor.fill_single()  # compared at CN-AKL's database size
                     echo = corridor.echo(throughput)
                     node = corridor.node_run(which, throughput, echo)
                     runs[echo_key].append(echo)

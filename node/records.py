@@ -198,8 +198,11 @@ def verify_record(
     """
     verified = verify_compact(token, keys, max_bytes=_max_token_bytes(max_xml_bytes))
     message = codec.decode(verified.payload, max_bytes=max_xml_bytes)
+    return _verified(token, message, _check_signer(verified, message.header, now))
+
+
+def _verified(token: bytes, message: Message, signer: TrustedKey) -> VerifiedRecord:
     header = message.header
-    signer = _check_signer(verified, header, now)
     record = SignedRecord(
         message_id=header.message_id,
         message_type=header.message_type,
@@ -302,12 +305,30 @@ def _check_signer(verified: VerifiedJws[TrustedKey], header: Header, now: dateti
 def verify_records(
     tokens: Sequence[bytes], keys: Mapping[str, TrustedKey], *, max_xml_bytes: int
 ) -> list[VerifiedRecord | Refusal]:
-    """`verify_record` for each token against one snapshot of keys (kid -> key); refusals as values."""
-    out: list[VerifiedRecord | Refusal] = []
-    for token in tokens:
+    """`verify_record` for each token against one snapshot of keys (kid -> key); refusals as values.
+
+    Stage by stage over the batch, as `check_records`: all signatures, then all the XML, then the header
+    checks, so that each library's code and tables stay in the CPU's caches.
+    """
+    limit = _max_token_bytes(max_xml_bytes)
+    out: dict[int, VerifiedRecord | Refusal] = {}
+    signed: list[tuple[int, VerifiedJws[TrustedKey]]] = []
+    for i, token in enumerate(tokens):
         try:
-            out.append(verify_record(token, keys.get, max_xml_bytes=max_xml_bytes))
-        except (JwsError, XmlError, RecordError) as error:
-            out.append(Refusal(str(error.code), error.detail))
-    return out
+            signed.append((i, verify_compact(token, keys.get, max_bytes=limit)))
+        except JwsError as error:
+            out[i] = Refusal(error.code, error.detail)
+    decoded: list[tuple[int, VerifiedJws[TrustedKey], Message]] = []
+    for i, verified in signed:
+        try:
+            decoded.append((i, verified, codec.decode(verified.payload, max_bytes=max_xml_bytes)))
+        except XmlError as error:
+            out[i] = Refusal(str(error.code), error.detail)
+    now = datetime.now(timezone.utc)
+    for i, verified, message in decoded:
+        try:
+            out[i] = _verified(tokens[i], message, _check_signer(verified, message.header, now))
+        except RecordError as error:
+            out[i] = Refusal(error.code, error.detail)
+    return [out[i] for i in range(len(tokens))]
 

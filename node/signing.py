@@ -24,7 +24,10 @@ millisecond through ``ProcessPoolExecutor``'s queues and threads, against
 ~110 µs to sign), so a batch smaller than ``inline_below`` records is signed
 on the event loop instead. Light load keeps its latency; under heavy load
 requests queue while the loop signs, batches grow past the threshold, and
-the workers take over by themselves.
+the workers take over by themselves. The threshold counts work, not items
+(`_work`): a receipt acknowledging 140 records, or a token of 60 KB, weighs
+what 140 records or 30 record-sized tokens do, so a batch's receipts are
+signed and verified in the workers, not on the loop that takes ingest.
 
 Each record comes back as a `SignedRecord` or as the exception that stopped
 it (an XSD refusal, a key store that cannot sign), so one bad record never
@@ -211,6 +214,14 @@ def _ready() -> bool:
 
 # -- the pool --------------------------------------------------------------------
 
+_RECORD_BYTES = 2048  # a record's compact JWS, about: what one unit of verification work is
+
+
+def _work(items: Sequence[Unsigned]) -> int:
+    """How many records' worth of encoding and signing ``items`` are: a Receipt counts its acknowledgements."""
+    return sum(len(i.body.acknowledgements) if isinstance(i.body, messages.Receipt) else 1 for i in items)
+
+
 
 class SigningPool:
     def __init__(
@@ -262,7 +273,7 @@ class SigningPool:
     async def verify_all(
         self, tokens: Sequence[bytes], keys: Mapping[str, TrustedKey], *, max_xml_bytes: int
     ) -> list[VerifiedRecord | Refusal]:
-        if len(tokens) < self._inline_below or self._pool is None:
+        if sum(len(t) for t in tokens) < self._inline_below * _RECORD_BYTES or self._pool is None:
             return verify_records(tokens, keys, max_xml_bytes=max_xml_bytes)
         members = [(key.owner, key.key.to_jwk()) for key in keys.values()]
         try:
@@ -281,14 +292,14 @@ class SigningPool:
             if first is None:
                 break
             batch = [first]
-            size = len(first[0])
+            size = _work(first[0])
             while size < self._max_batch and not self._queue.empty():
                 item = self._queue.get_nowait()
                 if item is None:
                     self._queue.put_nowait(None)  # stop after this batch
                     break
                 batch.append(item)
-                size += len(item[0])
+                size += _work(item[0])
             if size < self._inline_below:
                 self._deliver(batch, sign_each(self._inline, [item for part, _ in batch for item in part]))
                 continue

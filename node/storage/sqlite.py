@@ -96,6 +96,7 @@ from .sqlite_rows import classify as _classify
 from .sqlite_rows import dt as _dt
 from .sqlite_rows import insert_records as _insert_records
 from .sqlite_rows import select_in as _select_in
+from .sqlite_rows import sequence_owners
 from .sqlite_rows import ts as _ts
 
 log = logging.getLogger(__name__)
@@ -647,7 +648,7 @@ def _apply_seal_events(
     }
     wanted = {(w.event.lock_id, w.event.lock_sequence) for w in writes}
     taken: dict[tuple[str, int], str] = {}
-    for lock, seq, event_id in _sequence_owners(db, wanted):
+    for lock, seq, event_id in sequence_owners(db, wanted):
         taken[(lock, seq)] = event_id
 
     outcomes: list[SealEventOutcome] = []
@@ -700,24 +701,6 @@ def _apply_seal_events(
         )
     _insert_links(db, link_rows)
     return _split(outcomes, [len(p) for p in payloads])
-
-def _sequence_owners(db: sqlite3.Connection, wanted: set[tuple[str, int]]) -> list[tuple[str, int, str]]:
-    found: list[tuple[str, int, str]] = []
-    pairs = sorted(wanted)
-    for start in range(0, len(pairs), _IN_CHUNK):
-        chunk = pairs[start : start + _IN_CHUNK]
-        values = ",".join("(?,?)" for _ in chunk)
-        params = [item for pair in chunk for item in pair]
-        # A join, not `(lock_id, lock_seq) IN (VALUES ...)`: SQLite scans the
-        # whole table for the row-value IN, but searches the unique index here.
-        cursor = db.execute(
-            f"WITH wanted(lock_id, lock_seq) AS (VALUES {values})"
-            " SELECT e.lock_id, e.lock_seq, e.event_id FROM wanted"
-            " JOIN seal_events e ON e.lock_id = wanted.lock_id AND e.lock_seq = wanted.lock_seq",
-            params,
-        )
-        found.extend(cursor.fetchall())  # type: ignore[arg-type]
-    return found
 
 def _apply_control_results(db: sqlite3.Connection, writes: list[ControlResultWrite]) -> list[ControlResultOutcome]:
     stored_at = _ts(datetime.now(timezone.utc))  # one commit, one time

@@ -31,7 +31,7 @@ from mrx.schemas import codec
 
 from ..sealchain import Authorisation, ChainEvent
 from . import AlarmEntry, Arrival, AuthorisationEntry, DecisionEntry, SignedRecord, Targeting
-from .sqlite_rows import RECORD_COLUMNS, classify, insert_records, record_from_row, select_in
+from .sqlite_rows import RECORD_COLUMNS, classify, insert_records, record_from_row, select_in, sequence_owners
 from .sqlite_rows import dt as _dt
 from .sqlite_rows import ts as _ts
 
@@ -101,7 +101,9 @@ def _fingerprint_known(db: sqlite3.Connection, body: Body, fingerprint: bytes) -
 
 def _index_partner_events(db: sqlite3.Connection, events: list[tuple[SignedRecord, SealEvent]]) -> None:
     """Partners' seal events into ``seal_events`` (their order classified as ingest does), or, where the lock's
-    number or the event ID is held by another record already, into ``seal_event_claims``."""
+    number or the event ID is held by another record already, into ``seal_event_claims``.
+
+    Which are held is looked up first, as ingest does, so that the rest go in with one statement."""
     if not events:
         return
     high: dict[str, int] = dict(
@@ -110,33 +112,39 @@ def _index_partner_events(db: sqlite3.Connection, events: list[tuple[SignedRecor
             sorted({ev.lock_id for _, ev in events}),
         )
     )
+    taken = {(lock, seq) for lock, seq, _ in sequence_owners(db, {(ev.lock_id, ev.lock_sequence) for _, ev in events})}
+    held = {
+        event_id
+        for (event_id,) in select_in(
+            db, "SELECT event_id FROM seal_events WHERE event_id IN ({})", [str(ev.event_id) for _, ev in events]
+        )
+    }
+    rows, claims = [], []
     for record, ev in events:
-        if _index_partner_event(db, record, ev, high.get(ev.lock_id)):
-            high[ev.lock_id] = max(high.get(ev.lock_id, ev.lock_sequence), ev.lock_sequence)
-
-
-def _index_partner_event(db: sqlite3.Connection, record: SignedRecord, ev: SealEvent, high: int | None) -> bool:
-    position = ev.location.position if ev.location else None
-    try:
-        db.execute(
-            "INSERT INTO seal_events (event_id, content_hash, message_id, gateway_id, lock_id, lock_seq, seal_id,"
-            " container, event_type, device_time, receipt_time, order_status, locode, latitude, longitude,"
-            " condition, authorization_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                str(ev.event_id), record.digest, str(record.message_id), ev.gateway_id, ev.lock_id, ev.lock_sequence,
-                ev.seal_id, ev.container, ev.event_type.value, _ts(ev.device_time), _ts(ev.receipt_time),
-                classify(high, ev.lock_sequence).value, ev.location.locode if ev.location else None,
-                str(position.latitude) if position else None, str(position.longitude) if position else None,
-                ev.condition.value, str(ev.authorization_id) if ev.authorization_id else None,
-            ),
-        )
-    except sqlite3.IntegrityError:  # the lock's number (or the event ID) is held by another record
-        db.execute(
-            "INSERT OR IGNORE INTO seal_event_claims (message_id, lock_id, lock_seq, container) VALUES (?,?,?,?)",
-            (str(record.message_id), ev.lock_id, ev.lock_sequence, ev.container),
-        )
-        return False
-    return True
+        event_id, number = str(ev.event_id), (ev.lock_id, ev.lock_sequence)
+        if number in taken or event_id in held:  # the lock's number (or the event ID) is held by another record
+            claims.append((str(record.message_id), ev.lock_id, ev.lock_sequence, ev.container))
+            continue
+        taken.add(number)
+        held.add(event_id)
+        position = ev.location.position if ev.location else None
+        rows.append((
+            event_id, record.digest, str(record.message_id), ev.gateway_id, ev.lock_id, ev.lock_sequence,
+            ev.seal_id, ev.container, ev.event_type.value, _ts(ev.device_time), _ts(ev.receipt_time),
+            classify(high.get(ev.lock_id), ev.lock_sequence).value, ev.location.locode if ev.location else None,
+            str(position.latitude) if position else None, str(position.longitude) if position else None,
+            ev.condition.value, str(ev.authorization_id) if ev.authorization_id else None,
+        ))
+        high[ev.lock_id] = max(high.get(ev.lock_id, ev.lock_sequence), ev.lock_sequence)
+    db.executemany(
+        "INSERT INTO seal_events (event_id, content_hash, message_id, gateway_id, lock_id, lock_seq, seal_id,"
+        " container, event_type, device_time, receipt_time, order_status, locode, latitude, longitude,"
+        " condition, authorization_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        rows,
+    )
+    db.executemany(
+        "INSERT OR IGNORE INTO seal_event_claims (message_id, lock_id, lock_seq, container) VALUES (?,?,?,?)", claims
+    )
 
 
 def _insert_decision(

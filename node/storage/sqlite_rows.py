@@ -78,3 +78,23 @@ def select_in(db: sqlite3.Connection, sql: str, values: Iterable[Any]) -> list[A
         chunk = values[start : start + IN_CHUNK]
         rows.extend(db.execute(sql.format(",".join("?" * len(chunk))), chunk).fetchall())
     return rows
+
+
+def sequence_owners(db: sqlite3.Connection, wanted: set[tuple[str, int]]) -> list[tuple[str, int, str]]:
+    """The (lock ID, lock sequence number, event ID) of the seal events holding any of these (lock, number)."""
+    found: list[tuple[str, int, str]] = []
+    pairs = sorted(wanted)
+    for start in range(0, len(pairs), IN_CHUNK):
+        chunk = pairs[start : start + IN_CHUNK]
+        values = ",".join("(?,?)" for _ in chunk)
+        params = [item for pair in chunk for item in pair]
+        # A join, not `(lock_id, lock_seq) IN (VALUES ...)`: SQLite scans the
+        # whole table for the row-value IN, but searches the unique index here.
+        cursor = db.execute(
+            f"WITH wanted(lock_id, lock_seq) AS (VALUES {values})"
+            " SELECT e.lock_id, e.lock_seq, e.event_id FROM wanted"
+            " JOIN seal_events e ON e.lock_id = wanted.lock_id AND e.lock_seq = wanted.lock_seq",
+            params,
+        )
+        found.extend(cursor.fetchall())  # type: ignore[arg-type]
+    return found
