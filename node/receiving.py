@@ -267,7 +267,9 @@ def receipt_runs(acknowledgements: list[Acknowledgement]) -> list[tuple[Acknowle
             ack_size = acknowledgement_size(ack)
         else:
             shape = (ack.status, ack.received_at, ack.received_message_id is None)
-            ack_size = sizes.get(shape) or sizes.setdefault(shape, acknowledgement_size(ack))
+            if shape not in sizes:
+                sizes[shape] = acknowledgement_size(ack)
+            ack_size = sizes[shape]
         if run and size + ack_size > RECEIPT_ACKNOWLEDGEMENT_BYTES:
             runs.append(tuple(run))
             run, size = [], 0
