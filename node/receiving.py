@@ -23,7 +23,7 @@ we know which partner is calling. Each message of the batch is then taken
 
 The messages answered (not duplicates, not deferred) are acknowledged
 together: one signed `Receipt` per run of them that fits 48,000 bytes of XML
-(`receipt_runs`; about 140 messages), one ``Acknowledgement`` per message —
+(`receipt_runs`; about 150 messages), one ``Acknowledgement`` per message —
 its ID, the SHA-256 of the JWS received, ACCEPTED or REJECTED with the
 refusal's stable code and detail. A receipt is a signed record of this node
 addressed to the partner; one that answers a single message names it in its

@@ -10,7 +10,7 @@ a request (`mrx.node.partners.sign_request`), to the partner's
 ``POST /v1/exchange/messages?cursor=N``, N the catch-up position of the
 batch's last record (below). The rows are marked ``in-flight`` before the
 request and settled after it, from the partner's answer: its signed
-receipts, each listed once (usually one per run of about 140 records, plus a
+receipts, each listed once (usually one per run of about 150 records, plus a
 repeat's original), and per record the receipt that acknowledges it. Each
 receipt is verified once (`verify_from`, with `MAX_RECEIPT_XML_BYTES` as its
 size limit whatever this node's own limit for records); a record's outcome

@@ -25,8 +25,8 @@ millisecond through ``ProcessPoolExecutor``'s queues and threads, against
 on the event loop instead. Light load keeps its latency; under heavy load
 requests queue while the loop signs, batches grow past the threshold, and
 the workers take over by themselves. The threshold counts work, not items
-(`_work`): a receipt acknowledging 140 records, or a token of 60 KB, weighs
-what 140 records or 30 record-sized tokens do, so a batch's receipts are
+(`_work`): a receipt acknowledging 150 records, or a token of 60 KB, weighs
+what 150 records or 30 record-sized tokens do, so a batch's receipts are
 signed and verified in the workers, not on the loop that takes ingest.
 
 Each record comes back as a `SignedRecord` or as the exception that stopped

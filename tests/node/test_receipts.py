@@ -55,4 +55,4 @@ def test_every_message_is_acknowledged_once_in_order_within_the_size_limit(acks:
 
 
 def test_a_batch_of_accepted_records_takes_few_receipts() -> None:
-    assert len(receipt_runs([_ack(n) for n in range(200)])) == 2  # about 140 acknowledgements fit one receipt
+    assert len(receipt_runs([_ack(n) for n in range(200)])) == 2  # about 150 acknowledgements fit one receipt
