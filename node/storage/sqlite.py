@@ -889,73 +889,85 @@ def _apply_received(db: sqlite3.Connection, payloads: list[list[ReceivedWrite]])
         )
     }
     held = {m: True for (m,) in _select_in(db, "SELECT message_id FROM records WHERE message_id IN ({})", ids)}
-    records: dict[UUID, SignedRecord] = {}  # by message ID: a receipt shared by several writes goes in once
-    received_rows, issued_rows = [], []
-    bodies: list[tuple[SignedRecord, Body]] = []
+    stored = _Received(answered, firsts, held)
     results: list[list[ReceivedOutcome]] = []
     for payload in payloads:
-        # What this payload adds, seen by its own later writes, kept only if it is stored.
-        p_answered, p_firsts, p_held = ChainMap({}, answered), ChainMap({}, firsts), ChainMap({}, held)
-        p_records: list[SignedRecord] = []
-        p_received, p_issued, p_bodies = [], [], []
-        outcomes = [_received_outcome(w, p_answered, p_firsts, p_held, stored_at, p_records, p_received,
-                                      p_issued, p_bodies) for w in payload]
+        request = stored.layer()  # what this request adds, seen by its own later writes, kept if it is stored
+        outcomes = [request.judge(w, stored_at) for w in payload]
         if any(o.status is WriteStatus.KEY_CONFLICT for o in outcomes):
             results.append([o if o.status is WriteStatus.KEY_CONFLICT else ReceivedOutcome(WriteStatus.NOT_STORED, None)
                             for o in outcomes])
             continue
-        answered.update(p_answered.maps[0])
-        firsts.update(p_firsts.maps[0])
-        held.update(p_held.maps[0])
-        records.update((r.message_id, r) for r in p_records)
-        received_rows += p_received
-        issued_rows += p_issued
-        bodies += p_bodies
+        stored.keep(request)
         results.append(outcomes)
+    records = {r.message_id: r for r in stored.records}  # a receipt shared by several writes goes in once
     _insert_records(db, list(records.values()), stored_at, deliver=False)
     db.executemany(
         "INSERT INTO received (message_id, partner, payload_digest, receipt_message_id, received_at) VALUES (?,?,?,?,?)",
-        received_rows,
+        stored.received_rows,
     )
-    recognition.index_bodies(db, bodies, own=False)
+    recognition.index_bodies(db, stored.bodies, own=False)
     db.executemany(
         "INSERT INTO receipts_issued (received_digest, partner, received_message_id, receipt_message_id)"
         " VALUES (?,?,?,?)",
-        issued_rows,
+        stored.issued_rows,
     )
     return results
 
 
-def _received_outcome(
-    write: ReceivedWrite, answered: MutableMapping[bytes, bytes],
-    firsts: MutableMapping[str, tuple[bytes | None, bytes]], held: MutableMapping[str, bool], stored_at: str,
-    records: list[SignedRecord], received_rows: list[tuple[Any, ...]], issued_rows: list[tuple[Any, ...]],
-    bodies: list[tuple[SignedRecord, Body]],
-) -> ReceivedOutcome:
-    """One received write, judged against what is held (and staged): its outcome, its rows staged."""
-    if write.received_digest in answered:  # these exact bytes were answered before
-        return ReceivedOutcome(WriteStatus.DUPLICATE, answered[write.received_digest])
-    receipt_id = str(write.receipt.message_id)
-    if write.record is not None:
-        message_id = str(write.record.message_id)
-        if message_id in firsts:
-            digest, receipt = firsts[message_id]
-            if digest == write.payload_digest:
-                return ReceivedOutcome(WriteStatus.DUPLICATE, receipt)
-            return ReceivedOutcome(WriteStatus.KEY_CONFLICT, None)
-        if message_id in held:  # an ID this node holds already, not as a received message
-            return ReceivedOutcome(WriteStatus.KEY_CONFLICT, None)
-        records.append(write.record)
-        received_rows.append((message_id, write.partner, write.payload_digest, receipt_id, stored_at))
-        if write.body is not None:
-            bodies.append((write.record, write.body))
-        firsts[message_id] = (write.payload_digest, write.receipt.jws)
-        held[message_id] = True
-    records.append(write.receipt)
-    received_id = str(write.received_message_id) if write.received_message_id else None
-    issued_rows.append((write.received_digest, write.partner, received_id, receipt_id))
-    answered[write.received_digest] = write.receipt.jws
-    return ReceivedOutcome(WriteStatus.ACCEPTED, write.receipt.jws)
+@dataclass
+class _Received:
+    """What is held of received messages (as far as a batch of writes goes), and the rows staged to add.
+
+    `layer` stacks a request's own additions on top, so that its later writes see its earlier ones;
+    `keep` folds them in once the request is known to be stored whole.
+    """
+
+    answered: MutableMapping[bytes, bytes]  # received digest -> receipt JWS
+    firsts: MutableMapping[str, tuple[bytes | None, bytes]]  # message ID -> (payload digest, receipt JWS)
+    held: MutableMapping[str, bool]  # message IDs held as records
+    records: list[SignedRecord] = field(default_factory=list)
+    received_rows: list[tuple[Any, ...]] = field(default_factory=list)
+    issued_rows: list[tuple[Any, ...]] = field(default_factory=list)
+    bodies: list[tuple[SignedRecord, Body]] = field(default_factory=list)
+
+    def layer(self) -> _Received:
+        return _Received(ChainMap({}, self.answered), ChainMap({}, self.firsts), ChainMap({}, self.held))
+
+    def keep(self, layer: _Received) -> None:
+        for mine, theirs in ((self.answered, layer.answered), (self.firsts, layer.firsts), (self.held, layer.held)):
+            assert isinstance(theirs, ChainMap)
+            mine.update(theirs.maps[0])
+        self.records += layer.records
+        self.received_rows += layer.received_rows
+        self.issued_rows += layer.issued_rows
+        self.bodies += layer.bodies
+
+    def judge(self, write: ReceivedWrite, stored_at: str) -> ReceivedOutcome:
+        """One received write, judged against what is held: its outcome, and its rows staged if it is new."""
+        if write.received_digest in self.answered:  # these exact bytes were answered before
+            return ReceivedOutcome(WriteStatus.DUPLICATE, self.answered[write.received_digest])
+        receipt_id = str(write.receipt.message_id)
+        if write.record is not None:
+            message_id = str(write.record.message_id)
+            if message_id in self.firsts:
+                digest, receipt = self.firsts[message_id]
+                if digest == write.payload_digest:
+                    return ReceivedOutcome(WriteStatus.DUPLICATE, receipt)
+                return ReceivedOutcome(WriteStatus.KEY_CONFLICT, None)
+            if message_id in self.held:  # an ID this node holds already, not as a received message
+                return ReceivedOutcome(WriteStatus.KEY_CONFLICT, None)
+            self.records.append(write.record)
+            self.received_rows.append((message_id, write.partner, write.payload_digest, receipt_id, stored_at))
+            if write.body is not None:
+                self.bodies.append((write.record, write.body))
+            self.firsts[message_id] = (write.payload_digest, write.receipt.jws)
+            self.held[message_id] = True
+        self.records.append(write.receipt)
+        received_id = str(write.received_message_id) if write.received_message_id else None
+        self.issued_rows.append((write.received_digest, write.partner, received_id, receipt_id))
+        self.answered[write.received_digest] = write.receipt.jws
+        return ReceivedOutcome(WriteStatus.ACCEPTED, write.receipt.jws)
 
 
 def _insert_links(db: sqlite3.Connection, rows: list[tuple[str, str, str]]) -> None:
