@@ -136,7 +136,10 @@ from .messages import (
 )
 from .xml import MAX_BYTES, NAMESPACE, XmlError, XmlErrorCode, element_path, parse, parse_own, validate
 
-__all__ = ["acknowledgement_size", "decode", "decode_root", "decode_tree", "encode", "peek_message_id"]
+__all__ = [
+    "acknowledgement_size", "decode", "decode_headers", "decode_many", "decode_root", "decode_tree", "encode",
+    "peek_message_id",
+]
 
 
 # --- public API --------------------------------------------------------------
@@ -176,9 +179,36 @@ def decode_tree(data: bytes, *, max_bytes: int = MAX_BYTES) -> tuple[Message, et
 
 def decode_root(root: etree._Element) -> Message:
     """The message in a root element from `xml.parse`: validate, read, check."""
-    message = _read(root, validate(root))
+    return _read_checked(root, validate(root))
+
+
+def _read_checked(root: etree._Element, message_type: str) -> Message:
+    """The message in a validated tree: read, and its identifiers checked."""
+    message = _read(root, message_type)
     _check_identifiers(message)
     return message
+
+
+def decode_many(documents: Sequence[bytes], *, max_bytes: int = MAX_BYTES) -> list[Message | XmlError]:
+    """`decode` of each document of untrusted XML bytes; a document that is refused gets its `XmlError`.
+
+    The documents go through each step together (`_validated_trees`): all are
+    parsed, then all validated, then all read and checked, so that each step
+    runs libxml2's parser, or its validator, or Python, over and over with its
+    code and tables in the CPU's caches. On the development machine, for 1 KB
+    seal events in a batch of 1,000: 65 µs a document, against 94 µs for
+    `decode` one at a time (best of 7).
+    """
+    out: list[Message | XmlError] = []
+    for tree in _validated_trees(documents, max_bytes):
+        if isinstance(tree, XmlError):
+            out.append(tree)
+            continue
+        try:
+            out.append(_read_checked(*tree))
+        except XmlError as error:  # a SequenceNumeric out of order, a wrong check digit
+            out.append(error)
+    return out
 
 
 def decode_headers(documents: Sequence[bytes], *, max_bytes: int = MAX_BYTES) -> list[Header | XmlError]:
@@ -187,28 +217,38 @@ def decode_headers(documents: Sequence[bytes], *, max_bytes: int = MAX_BYTES) ->
     For an auditor's check of records the node already accepted: the XSD
     still validates each body, but the bodies are not read into values, so
     their identifiers' check digits are not re-checked (`decode` does that).
-    A document that is refused gets its `XmlError` in its place.
-
-    The documents go through each step together: all are parsed, then all
-    validated, then all headers read, so that each step runs libxml2's
-    parser, or its validator, or Python, over and over with its code and
-    tables in the CPU's caches. On the development machine, for 1 KB seal
-    events: 39 µs a document in batches of 256, 62 µs one at a time, 100 µs
-    for `decode` (thread CPU time, median of 7 runs of 4,096 documents).
+    A document that is refused gets its `XmlError` in its place. Step by step
+    over the documents, as `decode_many`: for 1 KB seal events, 39 µs a
+    document in batches of 256, 62 µs one at a time, 100 µs for `decode`
+    (thread CPU time, median of 7 runs of 4,096 documents).
     """
+    return [
+        tree if isinstance(tree, XmlError) else _read_header(_Cursor(tree[0][0]))  # Header is the root's first child
+        for tree in _validated_trees(documents, max_bytes)
+    ]
+
+
+def _validated_trees(
+    documents: Sequence[bytes], max_bytes: int
+) -> list[tuple[etree._Element, str] | XmlError]:
+    """Each document parsed hardened and validated (root and message type), or its `XmlError`: all parsed
+    first, then all validated."""
     trees: list[etree._Element | XmlError] = []
     for data in documents:
         try:
             trees.append(parse(data, max_bytes=max_bytes))
         except XmlError as error:
             trees.append(error)
-    for i, root in enumerate(trees):
-        if not isinstance(root, XmlError):
-            try:
-                validate(root)
-            except XmlError as error:
-                trees[i] = error
-    return [root if isinstance(root, XmlError) else _read_header(_Cursor(root[0])) for root in trees]  # Header is first
+    out: list[tuple[etree._Element, str] | XmlError] = []
+    for root in trees:
+        if isinstance(root, XmlError):
+            out.append(root)
+            continue
+        try:
+            out.append((root, validate(root)))
+        except XmlError as error:
+            out.append(error)
+    return out
 
 
 def peek_message_id(root: etree._Element) -> UUID | None:
@@ -659,9 +699,11 @@ class _Cursor:
         return None if text is None else UUID(text)
 
     def date_time(self, name: str) -> datetime:
-        # The XSD pattern admits only what fromisoformat reads exactly: a
-        # 4-digit year, hours 00-23, at most 6 fractional digits, Z or +hh:mm.
-        return datetime.fromisoformat(self.text(name).strip(_XML_SPACE)).astimezone(UTC)
+        return _date_time(self.text(name))
+
+    def at(self, name: str) -> bool:
+        """Whether the next element is a ``name``, without taking it."""
+        return self._next < len(self._elements) and self._elements[self._next].tag == _NS + name
 
     def integer(self, name: str) -> int:
         return int(self.text(name).strip(_XML_SPACE))
@@ -679,6 +721,12 @@ class _Cursor:
     def optional_code(self, members: Mapping[str, _E], name: str) -> _E | None:
         text = self.optional_text(name)
         return None if text is None else members[text]
+
+
+def _date_time(text: str) -> datetime:
+    # The XSD pattern admits only what fromisoformat reads exactly: a
+    # 4-digit year, hours 00-23, at most 6 fractional digits, Z or +hh:mm.
+    return datetime.fromisoformat(text.strip(_XML_SPACE)).astimezone(UTC)
 
 
 def _members(enum: type[_E]) -> Mapping[str, _E]:
@@ -890,17 +938,20 @@ def _read_error(c: _Cursor) -> ReceiptError:
 
 
 def _read_receipt(c: _Cursor) -> Receipt:
+    # A receipt acknowledges up to ~150 messages, mostly accepted at one instant: each time is read once,
+    # and an acknowledgement without errors skips the Error loop. This is the sender's hot path.
     acknowledgements = []
+    times: dict[str, datetime] = {}
     while c.enter_optional("Acknowledgement"):  # the XSD requires one at least, each for other bytes
-        acknowledgements.append(
-            Acknowledgement(
-                received_message_id=c.optional_uuid("ReceivedMessageID"),
-                received_digest=bytes.fromhex(c.text("ReceivedDigestID")),
-                status=c.code(_RECEIPT_STATUSES, "StatusCode"),
-                received_at=c.date_time("ReceivedDateTime"),
-                errors=tuple(_read_error(c) for _ in c.blocks("Error")),
-            )
-        )
+        message_id = c.optional_uuid("ReceivedMessageID")
+        digest = bytes.fromhex(c.text("ReceivedDigestID"))
+        status = c.code(_RECEIPT_STATUSES, "StatusCode")
+        text = c.text("ReceivedDateTime")
+        received_at = times.get(text)
+        if received_at is None:
+            received_at = times[text] = _date_time(text)
+        errors = tuple(_read_error(c) for _ in c.blocks("Error")) if c.at("Error") else ()
+        acknowledgements.append(Acknowledgement(message_id, digest, status, received_at, errors))
     return Receipt(tuple(acknowledgements))
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -315,6 +316,17 @@ def test_peek_message_id_reads_the_id_of_an_invalid_message() -> None:
     assert codec.peek_message_id(etree.fromstring(data.replace(b"7c1e2a90-3b5d", b"7C1E2A90-3B5D"))) is None
 
 
+def _refused_as_decode_refuses(documents: list[bytes], results: list[Any]) -> list[XmlErrorCode]:
+    """Each result is the `XmlError` `decode` raises for its document (code, detail, pointer); their codes."""
+    for data, result in zip(documents, results, strict=True):
+        with pytest.raises(XmlError) as raised:
+            codec.decode(data)
+        assert isinstance(result, XmlError)
+        expected = raised.value
+        assert (result.code, result.detail, result.pointer) == (expected.code, expected.detail, expected.pointer)
+    return [r.code for r in results]
+
+
 def test_decode_headers_reads_each_header_or_gives_decodes_refusal_in_its_place() -> None:
     sealed, position = codec.encode(SEALED), codec.encode(corridor.POSITION_AT_DOSTYK)
     refused = [
@@ -325,15 +337,26 @@ def test_decode_headers_reads_each_header_or_gives_decodes_refusal_in_its_place(
     ]
     results = codec.decode_headers([sealed, *refused, position])
     assert results[0] == SEALED.header and results[-1] == corridor.POSITION_AT_DOSTYK.header
-    for data, result in zip(refused, results[1:-1], strict=True):
-        with pytest.raises(XmlError) as raised:
-            codec.decode(data)
-        assert isinstance(result, XmlError)
-        expected = raised.value
-        assert (result.code, result.detail, result.pointer) == (expected.code, expected.detail, expected.pointer)
-    assert [r.code for r in results[1:-1]] == [  # type: ignore[union-attr]
+    assert _refused_as_decode_refuses(refused, results[1:-1]) == [
         XmlErrorCode.MALFORMED, XmlErrorCode.SCHEMA_INVALID, XmlErrorCode.DOCTYPE_FORBIDDEN,
         XmlErrorCode.UNKNOWN_MESSAGE_TYPE,
+    ]
+
+
+def test_decode_many_decodes_each_document_or_gives_decodes_refusal_in_its_place() -> None:
+    sealed, position = codec.encode(SEALED), codec.encode(corridor.POSITION_AT_DOSTYK)
+    wrong_digit = corridor.CONTAINER[:-1] + str((int(corridor.CONTAINER[-1]) + 1) % 10)
+    refused = [
+        sealed.replace(b"</Header>", b""),  # not well formed
+        sealed.replace(b"<BatteryPercent>98<", b"<BatteryPercent>998<"),  # against the XSD
+        sealed.replace(b"<SequenceNumeric>2<", b"<SequenceNumeric>3<"),  # read: blocks numbered out of order
+        sealed.replace(corridor.CONTAINER.encode(), wrong_digit.encode()),  # checked: a wrong check digit
+    ]
+    results = codec.decode_many([sealed, *refused, position])
+    assert results[0] == SEALED and results[-1] == corridor.POSITION_AT_DOSTYK
+    assert _refused_as_decode_refuses(refused, results[1:-1]) == [
+        XmlErrorCode.MALFORMED, XmlErrorCode.SCHEMA_INVALID, XmlErrorCode.SEQUENCE_INVALID,
+        XmlErrorCode.IDENTIFIER_INVALID,
     ]
 
 
