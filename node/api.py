@@ -60,13 +60,15 @@ from .records import RecordError, own_keys, verify_record
 from .storage import sqlite_audit, sqlite_log
 from .storage.sqlite_audit import AuditQuery
 from .storage.sqlite_rows import ts
-from .storage import Delivery, InvalidCursor, OutboxItem, Store, Targeting, TimelineEntry, TimelineKey
+from .storage import (
+    POSITION_DIGITS, Delivery, InvalidCursor, OutboxItem, Store, Targeting, TimelineEntry, TimelineKey,
+)
 
 log = logging.getLogger(__name__)
 
 JWS_MEDIA_TYPE = "application/jose"
 MAX_EXCHANGE_BATCH = 1000
-MAX_POSITION = 10**18 - 1  # a catch-up cursor has at most 18 digits (docs/protocol.md)
+MAX_POSITION = 10**POSITION_DIGITS - 1  # the highest catch-up position (docs/protocol.md)
 API_VERSION = "1"
 
 

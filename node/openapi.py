@@ -25,6 +25,7 @@ from .inputs import (
     UnsealAuthorizationIn,
 )
 from .problems import CATALOGUE
+from .storage import POSITION_PATTERN
 
 _REF = "#/components/schemas/{model}"
 
@@ -417,7 +418,7 @@ def document() -> dict[str, Any]:
         "properties": {
             "messages": {"type": "array", "items": {"type": "string"}},
             "cursor": {
-                "type": ["string", "null"], "pattern": "^[0-9]{1,18}$",
+                "type": ["string", "null"], "pattern": f"^{POSITION_PATTERN}$",
                 "description": "the position of the page's last record, in decimal: pass as ?cursor= for the next page",
             },
             "more": {"type": "boolean"},
@@ -654,7 +655,7 @@ def document() -> dict[str, Any]:
                 "parameters": [
                     {
                         "name": "cursor", "in": "query",
-                        "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                        "schema": {"type": "string", "pattern": f"^{POSITION_PATTERN}$"},
                         "description": "the catch-up position of the batch's last record: when none is deferred,"
                         " the receiver's catch-up starts after it",
                     },
@@ -673,7 +674,7 @@ def document() -> dict[str, Any]:
                 "parameters": [
                     node_param,
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
-                    {"name": "cursor", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string", "pattern": f"^{POSITION_PATTERN}$"}},
                 ],
                 "responses": {"200": _json(_ref("MessagePage"), "A page of records"), **_problems(400, 401, 403, 409)},
             }

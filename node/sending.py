@@ -77,7 +77,6 @@ import hashlib
 import json
 import logging
 import random
-import re
 import time
 from urllib.parse import urlencode
 from collections.abc import Callable, Iterable, Sequence
@@ -97,16 +96,13 @@ from .partners import Partners, read_capped, sign_request
 from .receiving import MessageResult, Receiver, verify_from
 from .records import Refusal, VerifiedRecord
 from .signing import Signing
-from .storage import Delivery, DeliveryResult, OutboxItem, Store
+from .storage import Delivery, DeliveryResult, OutboxItem, Store, parse_position
 
 log = logging.getLogger(__name__)
 
 EXCHANGE_PATH = "/v1/exchange/messages"
 MAX_RESPONSE_BYTES = 64 * 1_048_576
 MAX_BATCH_BYTES = 768 * 1024  # under a partner's default 1 MiB body limit
-
-
-_POSITION = re.compile(r"[0-9]{1,18}")  # a catch-up cursor: a position in the partner's order, in decimal
 
 
 def pull_path(node_id: str) -> str:
@@ -539,7 +535,7 @@ class Puller:
             if not isinstance(messages, list) or not all(isinstance(m, str) and m.isascii() for m in messages):
                 raise ValueError("messages is not a list of compact JWS")
             after, more = doc["cursor"], doc["more"]
-            if not (after is None or (isinstance(after, str) and _POSITION.fullmatch(after))) or not isinstance(more, bool):
+            if not (after is None or (isinstance(after, str) and parse_position(after) is not None)) or not isinstance(more, bool):
                 raise ValueError("cursor is not a position (decimal digits) or more is not a boolean")
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("catch-up from %s: not an exchange page (%s)", partner.node_id, exc)

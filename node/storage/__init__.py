@@ -30,11 +30,12 @@ Durability contract, for every backend:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import Final, Protocol
 from uuid import UUID
 
 from mrx.schemas.messages import Body, ConsignmentReference, ControlResult, SealEvent
@@ -289,6 +290,21 @@ class AuthorisationEntry:
 
 class InvalidCursor(ValueError):
     """A pagination cursor that this store did not issue."""
+
+
+# A catch-up position (the cursor a partner pages with: the ID of an outbox row) is written in decimal with
+# at most this many digits, which keeps it within SQLite's 64-bit INTEGER (docs/protocol.md).
+POSITION_DIGITS: Final = 18
+POSITION_PATTERN: Final = f"[0-9]{{1,{POSITION_DIGITS}}}"
+_POSITION: Final = re.compile(POSITION_PATTERN)
+
+
+def parse_position(text: str) -> int | None:
+    """The catch-up position ``text`` writes, or None unless it is 1-18 ASCII digits.
+
+    Not ``str.isdigit``: it also takes a superscript two or a fullwidth one, which ``int`` refuses.
+    """
+    return int(text) if _POSITION.fullmatch(text) else None
 
 
 class Store(Protocol):

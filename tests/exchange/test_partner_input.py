@@ -355,6 +355,11 @@ def test_catch_up_serves_only_the_callers_records(setup: Setup) -> None:
     assert status == 200 and page["messages"] == [bytes(for_dostyk).decode()] and page["more"] is False
     status, page = pull(f"/v1/exchange/partners/KZ-DOS/messages?cursor={page['cursor']}")
     assert status == 200 and page["messages"] == [] and page["more"] is False
+    # Not a position this node issues: letters, 19 digits, and a superscript two and a fullwidth one (which
+    # str.isdigit takes for digits, and int() does not).
+    for cursor in ("x1", "1" * 19, "%C2%B2", "%EF%BC%91"):
+        status, problem = pull(f"/v1/exchange/partners/KZ-DOS/messages?cursor={cursor}")
+        assert (status, problem["code"]) == (400, "invalid-parameter"), (cursor, problem)
 
 
 def test_an_oversized_or_malformed_batch_is_refused_whole(setup: Setup) -> None:
