@@ -535,7 +535,8 @@ class Puller:
             if not isinstance(messages, list) or not all(isinstance(m, str) and m.isascii() for m in messages):
                 raise ValueError("messages is not a list of compact JWS")
             after, more = doc["cursor"], doc["more"]
-            if not (after is None or (isinstance(after, str) and parse_position(after) is not None)) or not isinstance(more, bool):
+            position = parse_position(after) if isinstance(after, str) else None
+            if not (after is None or position is not None) or not isinstance(more, bool):
                 raise ValueError("cursor is not a position (decimal digits) or more is not a boolean")
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("catch-up from %s: not an exchange page (%s)", partner.node_id, exc)

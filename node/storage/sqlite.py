@@ -573,9 +573,9 @@ class SqliteStore:
     async def addressed_to(
         self, partner: str, cursor: str | None, limit: int
     ) -> tuple[list[AddressedRecord], str | None]:
-        after = 0 if cursor is None else parse_position(cursor)
-        if after is None:
-            raise InvalidCursor(f"cursor {str(cursor)[:40]!r} was not issued by this node")
+        after: int | None = 0
+        if cursor is not None and (after := parse_position(cursor)) is None:
+            raise InvalidCursor(f"cursor {cursor[:40]!r} was not issued by this node")
         rows = await self._rows(
                 "SELECT o.id, r.jws FROM outbox o JOIN records r ON r.message_id = o.message_id"
                 " WHERE o.partner = ? AND o.id > ? ORDER BY o.id LIMIT ?",
