@@ -56,6 +56,14 @@ per repeat to the lone node's one, so the two are compared at one size.
   gateway's own answer time. A record still missing when the outbox has
   drained (or the drain timed out) counts as infinitely late.
 
+CPUs (``--cpus``; `CpuPlan`). By default the node under test (the lone node,
+CN-AKL) and the echo server get the first half of the CPUs, KZ-DOS, the load
+generator and this script the rest: the partner is another authority's
+machine in service, and the single node and CN-AKL get the same CPUs, so the
+cost figures are what forwarding takes from the sender's own ingest.
+``--cpus shared`` lets every process run anywhere (KZ-DOS then competes with
+CN-AKL for the same cores).
+
 The ceiling, as in ``bench/ingest.py``: each node run is preceded by an echo
 run of the same load, and the single-node ceiling is
 ``1 / (1/echo events/s + sign + XSD + insert)``; every throughput is printed as
@@ -131,6 +139,7 @@ try:
         _pool_size,
         _progress,
         ceiling_events_per_s,
+        family,
         machine_busy,
         measure_parts,
         memory_kib,
@@ -283,6 +292,55 @@ def _own_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+# -- where each process runs ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CpuPlan:
+    """Which CPUs the node under test gets, and which everything else gets (``--cpus``).
+
+    ``split`` (the default, with two CPUs or more): the node under test, the lone node or
+    CN-AKL, and the echo server that stands in for it in the ceiling runs, on the first half
+    of this process's CPUs; KZ-DOS, the load generator and this script on the rest. In
+    service the partner is another authority's machine, so what forwarding costs the sender
+    is what its own outbox, requests and receipts take from its ingest, not the CPU its
+    partner's node takes on a shared host. ``shared``: every process on every CPU, the
+    partner competing with the sender for them.
+    """
+
+    mode: str
+    node: tuple[int, ...]  # the node under test and the echo server
+    others: tuple[int, ...]  # the partner, the load generator, this script
+
+    @classmethod
+    def choose(cls, mode: str) -> CpuPlan:
+        cpus = tuple(sorted(os.sched_getaffinity(0)))
+        if mode == "shared" or len(cpus) < 2:
+            return cls("shared", cpus, cpus)
+        half = len(cpus) // 2
+        return cls("split", cpus[:half], cpus[half:])
+
+    def describe(self) -> str:
+        if self.mode == "shared":
+            return f"shared: every process on CPUs {_cpu_list(self.node)}"
+        return (f"split: the node under test and the echo server on CPUs {_cpu_list(self.node)}; {RECEIVER[0]},"
+                f" the load generator and the benchmark on CPUs {_cpu_list(self.others)}")
+
+
+def _cpu_list(cpus: Sequence[int]) -> str:
+    return ",".join(map(str, cpus))
+
+
+def pin(pid: int, cpus: Sequence[int], *, descendants: bool = True) -> None:
+    """Every thread of a process (and of its descendants) onto ``cpus``; what they start later inherits it."""
+    for member in family(pid) if descendants else [pid]:
+        for task in Path(f"/proc/{member}/task").iterdir():
+            try:
+                os.sched_setaffinity(int(task.name), cpus)
+            except ProcessLookupError:  # a thread that ended meanwhile
+                pass
+
+
 @dataclass
 class Metered:
     """One load against a node (or the corridor), metered from the load's start to the end of its drain."""
@@ -331,6 +389,12 @@ class Corridor:
         self.echo_pid = echo.pid
         self.bench = Bench(args)
         stack.callback(self.bench.close)
+        self.cpus = CpuPlan.choose(args.cpus)
+        pin(os.getpid(), self.cpus.others, descendants=False)  # its children are placed one by one
+        for pid in (self.pids["KZ-DOS"], self.bench.loader_pid):
+            pin(pid, self.cpus.others)
+        for pid in (self.pids["CN-AKL"], self.pids["single"], echo.pid):
+            pin(pid, self.cpus.node)
 
         single_url = self.procs["single"].url
         self.targets = {
@@ -631,7 +695,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                     f"  max {s['max']:.0f} ms  ({node.latency['events']:,} events, {node.latency['missing_at_partner']} missing)"
                 )
             memory = {"peak_rss_mb": corridor.peak_rss_mb(), "idle_rss_mb": corridor.idle_rss_mb}
-            report = _report(args, started_at, load_average, workdir, parts, verify, corridor.settings, runs, memory)
+            report = _report(
+                args, started_at, load_average, workdir, parts, verify, corridor.settings, corridor.cpus, runs, memory
+            )
             if args.profile:
                 report["profiles"] = profile(corridor, args, throughput)
         return report
@@ -687,7 +753,7 @@ def _med(runs: list[dict[str, Any]], *path: str) -> float:
 
 def _report(
     args: argparse.Namespace, started_at: datetime, load_average: float, workdir: Path, parts: Parts, verify: float,
-    settings: dict[str, Any], runs: dict[str, list[Any]], memory: dict[str, Any],
+    settings: dict[str, Any], cpus: CpuPlan, runs: dict[str, list[Any]], memory: dict[str, Any],
 ) -> dict[str, Any]:
     single = [_run_json(m) for m in runs["single"]]
     forwarding = [_run_json(m) for m in runs["forwarding"]]
@@ -719,6 +785,7 @@ def _report(
         "settings": {
             "duration_s": args.duration, "warmup_s": args.warmup, "repeat": args.repeat, "dir": str(workdir),
             "connections_100": args.connections_100, "connections_open": args.connections_open, "rate": args.rate,
+            "cpus": cpus.describe(),
             "exchange": {**defaults, **settings},
             "exchange_changed": {k: v for k, v in settings.items() if v != defaults[k]},
         },  # fmt: skip
@@ -801,6 +868,7 @@ def render(report: dict[str, Any]) -> str:
         f"{SENDER[0]} → {RECEIVER[0]}: [exchange] batch_size {x['batch_size']}, sweep_seconds {x['sweep_seconds']:g},"
         f" retry {x['retry_min_seconds']:g}–{x['retry_max_seconds']:g} s; changed from the node's defaults: {changed}",
         f"{s['duration_s']:g} s per run after {s['warmup_s']:g} s warm-up, {s['repeat']} repeat(s): medians",
+        f"CPUs: {s['cpus']}",
         "",
         "Ceiling parts, per event (best of 5)",
         f"  Ed25519 sign {p['sign_ed25519']:.1f} µs, verify {p['verify_ed25519']:.1f} µs;"
@@ -957,6 +1025,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=500.0, help="offered events/s, latency run (500)")
     parser.add_argument("--exchange", action="append", default=[], metavar="KEY=VALUE",
                         help="an [exchange] setting for both nodes, e.g. sweep_seconds=0.5 (default: the node's)")
+    parser.add_argument("--cpus", choices=("split", "shared"), default="split",
+                        help="split: the node under test on half the CPUs, its partner and the load on the rest"
+                        " (default); shared: every process on every CPU")
     parser.add_argument("--drain-timeout", type=float, default=300.0,
                         help="longest wait for the sender's outbox to drain after a run, s (300)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")

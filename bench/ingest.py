@@ -591,6 +591,11 @@ class Bench:
         self._loader = ctx.Process(target=_load_process, args=(child,), name="mrx-bench-load", daemon=True)
         self._loader.start()
 
+    @property
+    def loader_pid(self) -> int:
+        assert self._loader.pid is not None
+        return self._loader.pid
+
     def close(self) -> None:
         self._conn.send(None)
         self._loader.join(10)

@@ -271,6 +271,8 @@ def exchange_figures(doc: Json) -> list[Figure]:
           f.read("latency", "floor_ms", "end_to_end"), "floor p50", goal=EXCHANGE_P99)  # fmt: skip
     f.extra("forwarding cost, end to end (1 − delivered ÷ single)", "%", f.read("throughput", "forwarding_cost_delivered"))
     f.extra("forwarding cost by CPU (1 − single ÷ CN-AKL CPU per event)", "%", f.read("throughput", "forwarding_cost_cpu"))
+    f.extra("forwarding cost by CPU, apart (1 − single ÷ (ingest + delivery))", "%",
+            f.read("throughput", "apart", "forwarding_cost_cpu"))
     f.extra("CPU per event: single node", "µs", f.read(*single, "cpu_us_per_event"))
     for node in ("CN-AKL", "KZ-DOS"):
         f.extra(f"CPU per event: {node}", "µs", f.read(*forwarding, "cpu_us_per_event", node))
