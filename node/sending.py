@@ -73,7 +73,6 @@ per ``pull_seconds``, and the rest waits for the next pull.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import random
@@ -96,7 +95,7 @@ from .partners import Partners, read_capped, sign_request
 from .receiving import MessageResult, Receiver, verify_from
 from .records import Refusal, VerifiedRecord
 from .signing import Signing
-from .storage import Delivery, DeliveryResult, OutboxItem, Store, parse_position
+from .storage import Delivery, DeliveryResult, Outgoing, Store, parse_position
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +124,7 @@ class _Answer:
 class _Batch:
     """A batch the partner answered: the rows sent, its receipts (each once), and one answer per row."""
 
-    items: list[OutboxItem]
+    items: list[Outgoing]
     receipts: list[bytes]
     answers: list[_Answer]
 
@@ -268,7 +267,7 @@ class Sender:
             self._failures, self._retry_at = 0, 0.0
             self._metrics.partner_backoff.labels(self.partner.node_id).set(0)
 
-    async def _requeue(self, items: list[OutboxItem], reason: str) -> None:
+    async def _requeue(self, items: list[Outgoing], reason: str) -> None:
         results = [DeliveryResult(i.outbox_id, Delivery.QUEUED, reason) for i in items]
         await asyncio.shield(self._store.settle_deliveries(results))
 
@@ -280,7 +279,7 @@ class Sender:
         self._metrics.partner_backoff.labels(self.partner.node_id).set(delay)
         asyncio.get_running_loop().call_later(delay, self._wake.set)
 
-    async def _post(self, items: list[OutboxItem]) -> tuple[list[bytes], list[_Answer]]:
+    async def _post(self, items: list[Outgoing]) -> tuple[list[bytes], list[_Answer]]:
         # Written out rather than by json.dumps, which would scan every token for characters to escape: the outbox
         # holds only this node's own records, compact JWS of base64url segments and dots, which JSON takes as they
         # are. (A partner that nonetheless found the body malformed would answer 400, and the batch stay queued.)
@@ -312,11 +311,11 @@ class Sender:
         except (ValueError, KeyError, TypeError) as exc:
             raise _RequestFailed(f"bad-response: the partner's answer is not an exchange result ({exc})") from None
 
-    def _settle(self, item: OutboxItem, answer: _Answer, receipt: _Acknowledging | None) -> DeliveryResult:
+    def _settle(self, item: Outgoing, answer: _Answer, receipt: _Acknowledging | None) -> DeliveryResult:
         if receipt is None:  # deferred, or no receipt
             return DeliveryResult(item.outbox_id, Delivery.QUEUED, f"deferred: {answer.problem or 'no receipt'}")
         problem = self._receipt_problem(receipt.verdict)
-        ack = receipt.acknowledgements.get(hashlib.sha256(item.jws).digest()) if problem is None else None
+        ack = receipt.acknowledgements.get(item.digest) if problem is None else None
         if problem is None and (ack is None or ack.received_message_id != item.message_id):
             problem = "it answers other bytes than those sent"
         if problem is not None:
@@ -362,7 +361,7 @@ def _interruption(exc: BaseException) -> str:
     return "interrupted" if isinstance(exc, asyncio.CancelledError) else f"internal-error: {exc!r}"
 
 
-def _within_bytes(items: list[OutboxItem], limit: int) -> list[OutboxItem]:
+def _within_bytes(items: list[Outgoing], limit: int) -> list[Outgoing]:
     """The longest prefix whose request body stays under ``limit`` (at least one item)."""
     total = 0
     for n, item in enumerate(items):

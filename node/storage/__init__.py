@@ -177,7 +177,17 @@ class OutboxItem:
     last_error: str | None
     receipt_message_id: UUID | None
     delivered_at: datetime | None
-    jws: bytes = b""  # filled by `Store.outbox_due`, for sending
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A queued record as its partner's sender takes it (`Store.outbox_due`): what to send, and the SHA-256
+    of those bytes, by which the partner's receipt acknowledges them."""
+
+    outbox_id: int
+    message_id: UUID
+    digest: bytes  # the record's stored digest: SHA-256 of ``jws``
+    jws: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,7 +346,9 @@ class Store(Protocol):
         """Messages received earlier: message ID -> (payload digest, receipt JWS)."""
         ...
 
-    async def outbox_due(self, partner: str, limit: int) -> list[OutboxItem]: ...
+    async def outbox_due(self, partner: str, limit: int) -> list[Outgoing]:
+        """The partner's first ``limit`` queued records, in outbox order."""
+        ...
 
     async def mark_in_flight(self, outbox_ids: list[int]) -> None: ...
 

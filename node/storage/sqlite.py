@@ -75,6 +75,7 @@ from . import (
     Itinerary,
     Order,
     OutboxItem,
+    Outgoing,
     Page,
     ReceivedOutcome,
     ReceivedWrite,
@@ -99,6 +100,7 @@ from .sqlite_rows import insert_records as _insert_records
 from .sqlite_rows import select_in as _select_in
 from .sqlite_rows import sequence_owners
 from .sqlite_rows import ts as _ts
+from .sqlite_rows import update_in
 
 log = logging.getLogger(__name__)
 
@@ -298,13 +300,10 @@ class SqliteStore:
         now = _ts(datetime.now(timezone.utc))
 
         def mark(db: sqlite3.Connection) -> None:  # one statement per batch, not one per row
-            for start in range(0, len(outbox_ids), _IN_CHUNK):
-                chunk = outbox_ids[start : start + _IN_CHUNK]
-                db.execute(
-                    "UPDATE outbox SET state = ?, attempts = attempts + 1, last_attempt_at = ?"
-                    f" WHERE id IN ({','.join('?' * len(chunk))})",
-                    (Delivery.IN_FLIGHT.value, now, *chunk),
-                )
+            update_in(
+                db, "UPDATE outbox SET state = ?, attempts = attempts + 1, last_attempt_at = ? WHERE id IN ({})",
+                (Delivery.IN_FLIGHT.value, now), outbox_ids,
+            )
 
         if outbox_ids:
             await self._call(mark)
@@ -537,13 +536,13 @@ class SqliteStore:
         )
         return {UUID(m): (bytes(digest), bytes(jws)) for m, digest, jws in rows}
 
-    async def outbox_due(self, partner: str, limit: int) -> list[OutboxItem]:
+    async def outbox_due(self, partner: str, limit: int) -> list[Outgoing]:
         rows = await self._rows(
-                f"SELECT {_OUTBOX_COLUMNS}, r.jws FROM outbox o JOIN records r ON r.message_id = o.message_id"
+                "SELECT o.id, o.message_id, r.digest, r.jws FROM outbox o JOIN records r ON r.message_id = o.message_id"
                 " WHERE o.partner = ? AND o.state = 'queued' ORDER BY o.id LIMIT ?",
                 (partner, limit),
             )
-        return [_outbox_item(row, row[-1]) for row in rows]
+        return [Outgoing(outbox_id, UUID(message_id), digest, jws) for outbox_id, message_id, digest, jws in rows]
 
     async def outbox(self, partner: str | None, state: Delivery | None, after: int, limit: int) -> list[OutboxItem]:
         where, params = ["o.id > ?"], [after]
@@ -828,11 +827,10 @@ _OUTBOX_COLUMNS = (
 _DELIVERY = {d.value: d for d in Delivery}
 
 
-def _outbox_item(row: Sequence[Any], jws: bytes = b"") -> OutboxItem:
-    # Positional, and the state by dict: this runs for every row a sender takes (outbox_due).
+def _outbox_item(row: Sequence[Any]) -> OutboxItem:
     return OutboxItem(
         row[0], row[1], UUID(row[2]), row[3], _DELIVERY[row[4]], row[5], _dt(row[6]) if row[6] else None, row[7],
-        UUID(row[8]) if row[8] else None, _dt(row[9]) if row[9] else None, jws,
+        UUID(row[8]) if row[8] else None, _dt(row[9]) if row[9] else None,
     )
 
 
@@ -844,13 +842,15 @@ def _settle(db: sqlite3.Connection, results: list[DeliveryResult]) -> None:
                                           [i for i in receipt_ids if i is not None])}
     fresh = {i: r.receipt for r, i in zip(results, receipt_ids) if r.receipt is not None and i not in known}
     _insert_records(db, list(fresh.values()), now, deliver=False)  # a receipt answering several rows goes in once
-    db.executemany(
-        "UPDATE outbox SET state = ?, last_error = ?, receipt_message_id = ?, delivered_at = ? WHERE id = ?",
-        [
-            (r.state.value, r.error, i, now if r.state is Delivery.DELIVERED else None, r.outbox_id)
-            for r, i in zip(results, receipt_ids, strict=True)
-        ],
-    )
+    # One statement per outcome: a batch's rows mostly share one, delivered under one of a few receipts.
+    outcomes: dict[tuple[str, str | None, str | None], list[int]] = {}
+    for r, i in zip(results, receipt_ids, strict=True):
+        outcomes.setdefault((r.state.value, r.error, i), []).append(r.outbox_id)
+    for (state, error, receipt_id), ids in outcomes.items():
+        update_in(
+            db, "UPDATE outbox SET state = ?, last_error = ?, receipt_message_id = ?, delivered_at = ? WHERE id IN ({})",
+            (state, error, receipt_id, now if state == Delivery.DELIVERED.value else None), ids,
+        )
 
 
 def _apply_calls(db: sqlite3.Connection, calls: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:

@@ -80,6 +80,13 @@ def select_in(db: sqlite3.Connection, sql: str, values: Iterable[Any]) -> list[A
     return rows
 
 
+def update_in(db: sqlite3.Connection, sql: str, params: Sequence[Any], ids: Sequence[Any]) -> None:
+    """Run ``sql`` (its ``IN ({})`` last) with ``params`` then the ``ids``, in chunks: one statement per chunk."""
+    for start in range(0, len(ids), IN_CHUNK):
+        chunk = ids[start : start + IN_CHUNK]
+        db.execute(sql.format(",".join("?" * len(chunk))), (*params, *chunk))
+
+
 def sequence_owners(db: sqlite3.Connection, wanted: set[tuple[str, int]]) -> list[tuple[str, int, str]]:
     """The (lock ID, lock sequence number, event ID) of the seal events holding any of these (lock, number)."""
     found: list[tuple[str, int, str]] = []
