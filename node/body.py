@@ -39,8 +39,8 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise Problem("body-too-large", f"the body is {request.content_length} bytes; the limit is {limit}")
     if encoding == "identity":
-        # Joined once at the end: growing a buffer and copying it out costs ~35x more for a partner's batch
-        # (340 KB: 350 µs against 10 µs), the copy's pages being fresh from the kernel each time.
+        # Joined once at the end: growing a buffer and copying it out cost ~35x more for a partner's batch
+        # (340 KB in 64 KB chunks, measured alone: 350 µs against 10 µs).
         chunks, size = [], 0
         while chunk := await request.content.read(_READ_CHUNK):
             size += len(chunk)

@@ -283,8 +283,8 @@ class Sender:
         # Written out rather than by json.dumps, which would scan every token for characters to escape: the outbox
         # holds only this node's own records, compact JWS of base64url segments and dots, which JSON takes as they
         # are. (A partner that nonetheless found the body malformed would answer 400, and the batch stay queued.)
-        # One join, the brackets on the end tokens: concatenating the joined body copied all of it again, into
-        # fresh pages (340 KB: 370 µs a batch, against 14 µs).
+        # One join, the brackets on the end tokens: concatenating the joined body copied all of it again
+        # (340 KB, measured alone: 370 µs a batch, against 14 µs).
         tokens = [i.jws for i in items]
         tokens[0] = b'{"messages":["' + tokens[0]
         tokens[-1] += b'"]}'  # after the line above: with one token, both ends are on it

@@ -222,3 +222,44 @@ async def test_a_request_with_a_message_id_conflict_is_stored_not_at_all(store: 
     with sqlite3.connect(store.path) as db:
         held = {m for (m,) in db.execute("SELECT message_id FROM records")}
     assert str(good.message_id) not in held and str(receipt.message_id) not in held
+
+
+async def test_a_batch_is_taken_in_order_and_each_row_settled_with_its_own_outcome(store: SqliteStore) -> None:
+    """`outbox_due` gives what the sender needs (the stored digest is the SHA-256 of the bytes it sends), and
+    `settle_deliveries` gives every row its own outcome however the rows group: more rows than one IN list takes,
+    under two receipts, with a failure and requeues among them."""
+    writes = [write(seq=n, lock=f"LK-O{n % 7}", recipients=("KZ-DOS",)) for n in range(1, 1201)]
+    for start in range(0, len(writes), 400):
+        await store.store_seal_events(writes[start : start + 400])
+    due = await store.outbox_due("KZ-DOS", 1200)
+    assert [d.message_id for d in due] == [w.record.message_id for w in writes]
+    assert [d.outbox_id for d in due] == sorted(d.outbox_id for d in due)
+    assert all(d.digest == hashlib.sha256(d.jws).digest() and d.jws == w.record.jws for d, w in zip(due, writes))
+    await store.mark_in_flight([d.outbox_id for d in due])
+    assert (await store.outbox_counts(["KZ-DOS"]))[("KZ-DOS", Delivery.IN_FLIGHT)] == 1200
+
+    # The store keeps what it is given as each row's receipt; which rows a receipt acknowledges is the sender's check.
+    first, second = _receipt_for(writes[0].record), _receipt_for(writes[700].record)
+    results = []
+    for n, d in enumerate(due):
+        if n == 3:
+            results.append(DeliveryResult(d.outbox_id, Delivery.FAILED, "exchange-not-addressed: no", first))
+        elif n % 100 == 50:
+            results.append(DeliveryResult(d.outbox_id, Delivery.QUEUED, f"deferred: row {n}"))
+        else:
+            results.append(DeliveryResult(d.outbox_id, Delivery.DELIVERED, None, first if n < 700 else second))
+    await store.settle_deliveries(results)
+
+    with sqlite3.connect(store.path) as db:
+        rows = dict(
+            (row[0], row[1:])
+            for row in db.execute("SELECT id, state, last_error, receipt_message_id, delivered_at IS NOT NULL FROM outbox")
+        )
+        kept = {m for (m,) in db.execute("SELECT message_id FROM records WHERE message_type = 'Receipt'")}
+    for r in results:
+        receipt = None if r.receipt is None else str(r.receipt.message_id)
+        assert rows[r.outbox_id] == (r.state.value, r.error, receipt, int(r.state is Delivery.DELIVERED))
+    assert kept == {str(first.message_id), str(second.message_id)}
+    assert [d.outbox_id for d in await store.outbox_due("KZ-DOS", 100)] == [
+        r.outbox_id for r in results if r.state is Delivery.QUEUED
+    ]
