@@ -38,40 +38,42 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         )
     if request.content_length is not None and request.content_length > limit:
         raise Problem("body-too-large", f"the body is {request.content_length} bytes; the limit is {limit}")
+    # The pieces are joined once, at the end: growing a buffer and copying it out cost ~35x more for a
+    # partner's batch (340 KB in 64 KB chunks, measured alone: 350 µs against 10 µs).
+    pieces: list[bytes] = []
     if encoding == "identity":
-        # Joined once at the end: growing a buffer and copying it out cost ~35x more for a partner's batch
-        # (340 KB in 64 KB chunks, measured alone: 350 µs against 10 µs).
-        chunks, size = [], 0
+        size = 0
         while chunk := await request.content.read(_READ_CHUNK):
             size += len(chunk)
             if size > limit:
                 raise Problem("body-too-large", f"the body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+            pieces.append(chunk)
+        return b"".join(pieces)
     inflater = zlib.decompressobj(wbits=31)
-    out = bytearray()
-    received = 0
+    received = inflated = 0
     while chunk := await request.content.read(_READ_CHUNK):
         received += len(chunk)
         if received > limit:
             raise Problem("body-too-large", f"the compressed body exceeds the limit of {limit} bytes")
-        _inflate_into(out, inflater, chunk, limit)
+        inflated = _inflate_into(pieces, inflated, inflater, chunk, limit)
     if not inflater.eof:
         raise Problem("bad-compression", "the gzip stream ends early; send the complete compressed body")
     if inflater.unused_data:
         raise Problem("bad-compression", "there are bytes after the end of the gzip stream; send one gzip member")
-    return bytes(out)
+    return b"".join(pieces)
 
 
-def _inflate_into(out: bytearray, inflater: Any, chunk: bytes, limit: int) -> None:
+def _inflate_into(pieces: list[bytes], size: int, inflater: Any, chunk: bytes, limit: int) -> int:
+    """Inflate ``chunk`` onto ``pieces``, which hold ``size`` bytes; the size after."""
     try:
         data = chunk
         while data:
             # max_length bounds what one call may produce; the rest of the
             # input waits in unconsumed_tail.
-            piece = inflater.decompress(data, limit + 1 - len(out))
-            out.extend(piece)
-            if len(out) > limit:
+            piece = inflater.decompress(data, limit + 1 - size)
+            pieces.append(piece)
+            size += len(piece)
+            if size > limit:
                 raise Problem("body-too-large", f"the body inflates to more than {limit} bytes")
             data = inflater.unconsumed_tail
             if inflater.eof:
@@ -80,6 +82,7 @@ def _inflate_into(out: bytearray, inflater: Any, chunk: bytes, limit: int) -> No
                 raise Problem("bad-compression", "the gzip body cannot be inflated; send it uncompressed")
     except zlib.error as exc:
         raise Problem("bad-compression", f"the gzip body is corrupt ({exc}); send it again, uncompressed if need be") from None
+    return size
 
 
 def parse_json(body: bytes) -> Any:
